@@ -1,0 +1,60 @@
+"""Session-scoped fixtures shared by unit, integration and gpu tests.
+
+- ``tiny_dir``: a tiny Llama + byte-level BPE tokenizer built once per session (``build_tiny``).
+- ``bpe_tokenizer``: that tokenizer loaded with ``AutoTokenizer``.
+- ``mistral_tokenizer``: the real Mistral-7B v0.1 SentencePiece tokenizer (vendored in
+  ``tests/fixtures/mistral``, see NOTICE.md there), converted once to its ``tokenizer.json``
+  form and reloaded with ``AutoTokenizer``, as a hub model would be. Its ``pad_token`` is None
+  and, like any ``LlamaTokenizer`` without a saved setting, its ``padding_side`` is "left".
+- ``sample_path``: the bundled ShareGPT sample file.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import pytest
+
+MISTRAL_MODEL = pathlib.Path(__file__).parent / "fixtures" / "mistral" / "tokenizer.model"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    from vicuna_sft.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer(tiny_dir: pathlib.Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    from transformers import AutoTokenizer, LlamaTokenizerFast
+
+    src = tmp_path_factory.mktemp("mistral-spm")
+    shutil.copy(MISTRAL_MODEL, src / "tokenizer.model")
+    # Note: LlamaTokenizerFast(vocab_file=...) does not load the vocab on transformers 5;
+    # from_pretrained on a directory holding tokenizer.model does.
+    spm = LlamaTokenizerFast.from_pretrained(src, add_bos_token=True, legacy=False)
+    converted = tmp_path_factory.mktemp("mistral")
+    spm.save_pretrained(converted)
+    tok = AutoTokenizer.from_pretrained(converted)
+    assert len(tok) == 32000
+    assert tok("hi").input_ids[0] == tok.bos_token_id == 1
+    assert tok.eos_token == "</s>" and tok.eos_token_id == 2
+    return tok
+
+
+@pytest.fixture(scope="session")
+def sample_path() -> pathlib.Path:
+    from vicuna_sft.tiny import sample_conversations_path
+
+    return sample_conversations_path()

@@ -1,0 +1,26 @@
+"""`python -m vicuna_sft [group=option ...] [key=value ...]`: compose the config, then run()."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from .config import register_configs
+from .errors import UserError
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://vicuna_sft.conf", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    from .run import run  # heavy imports only once a job really runs (not for --help / --cfg)
+
+    try:
+        return run(cfg)
+    except UserError as e:
+        print(f"vicuna_sft: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The one place where the config becomes `transformers.TrainingArguments` (transformers 5.x)."""
+
+from typing import Any
+
+from .config import Config, FsdpStrategy, Precision, TrainerConfig
+from .errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    pass
+
+
+def gradient_accumulation(t: TrainerConfig, world_size: int) -> int:
+    """Derived from `global_batch_size` when it is set (FastChat's 128 sequences per step)."""
+    if t.global_batch_size is None:
+        return t.gradient_accumulation_steps
+    per_step = t.per_device_train_batch_size * world_size
+    if t.global_batch_size % per_step:
+        raise ConfigError(
+            f"trainer.global_batch_size={t.global_batch_size} is not divisible by per_device_train_batch_size "
+            f"({t.per_device_train_batch_size}) x world size ({world_size}) = {per_step}"
+        )
+    accum = t.global_batch_size // per_step
+    if t.gradient_accumulation_steps not in (1, accum):
+        raise ConfigError(
+            f"trainer.gradient_accumulation_steps={t.gradient_accumulation_steps} contradicts "
+            f"global_batch_size={t.global_batch_size} (which gives {accum}); set only one of them"
+        )
+    return accum
+
+
+def fsdp_arguments(cfg: Config, wrap_classes: list[str]) -> dict[str, Any]:
+    strategy = FsdpStrategy(cfg.fsdp.strategy)
+    if strategy == FsdpStrategy.none:
+        return {}
+    classes = list(cfg.fsdp.wrap_classes or wrap_classes)
+    if not classes:
+        raise ConfigError("fsdp: the model names no decoder-layer class to wrap; set fsdp.wrap_classes")
+    return {
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "transformer_layer_cls_to_wrap": classes,
+            "reshard_after_forward": True,
+            "state_dict_type": cfg.fsdp.state_dict_type.value,
+            # under FSDP, checkpointing belongs to FSDP (transformers warns otherwise)
+            "activation_checkpointing": cfg.model.activation_checkpointing,
+        },
+    }
+
+
+def validate(cfg: Config) -> None:
+    """Value checks the schema's types cannot express; run at startup, before anything loads."""
+    t, o, d = cfg.trainer, cfg.optimizer, cfg.data
+    checks = [
+        (d.max_length > 0, f"data.max_length must be > 0, got {d.max_length}"),
+        (d.num_proc >= 1, f"data.num_proc must be >= 1, got {d.num_proc}"),
+        (o.lr > 0, f"optimizer.lr must be > 0, got {o.lr}"),
+        (o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {o.weight_decay}"),
+        (0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio must be in [0, 1), got {o.warmup_ratio}"),
+        (o.max_grad_norm >= 0, f"optimizer.max_grad_norm must be >= 0, got {o.max_grad_norm}"),
+        (t.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size must be >= 1"),
+        (t.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps must be >= 1"),
+        (
+            t.max_steps > 0 or t.num_train_epochs > 0,
+            "set trainer.max_steps > 0 or trainer.num_train_epochs > 0",
+        ),
+    ]
+    errors = [msg for ok, msg in checks if not ok]
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def to_training_arguments(cfg: Config, world_size: int = 1, wrap_classes: list[str] | None = None) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    validate(cfg)
+    t, o = cfg.trainer, cfg.optimizer
+    precision = Precision(t.precision)
+    fsdp = fsdp_arguments(cfg, wrap_classes or [])
+    return TrainingArguments(
+        output_dir=t.output_dir,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size or t.per_device_train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation(t, world_size),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        learning_rate=o.lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_epsilon=o.eps,
+        max_grad_norm=o.max_grad_norm,
+        optim=o.name.value,
+        lr_scheduler_type=o.scheduler.value,
+        warmup_steps=o.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        bf16=precision == Precision.bf16,
+        fp16=precision == Precision.fp16,
+        tf32=t.tf32,
+        gradient_checkpointing=cfg.model.activation_checkpointing and not fsdp,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy=t.save_strategy.value,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=t.eval_strategy.value,
+        eval_steps=t.eval_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=t.dataloader_num_workers,
+        report_to=list(t.report_to),
+        # CPU-only torchrun: without use_cpu every rank silently trains alone as world size 1
+        use_cpu=t.use_cpu if t.use_cpu is not None else not torch.cuda.is_available(),
+        remove_unused_columns=False,  # our datasets hold exactly the model inputs
+        include_num_input_tokens_seen="non_padding",
+        **fsdp,
+    )

@@ -1,0 +1,200 @@
+"""Typed config schema.
+
+Every config group is validated by one dataclass below; the values live in `conf/*.yaml`.
+Each default lives here exactly once; YAML files only state what differs from it.
+This module must stay import-light (no torch, no transformers): `--help` and `--cfg job`
+compose configs without loading them.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+class AttentionImpl(str, Enum):
+    # one member per file in conf/attention/ and per module in vicuna_sft/attention/ (tested 1:1)
+    eager = "eager"
+    sdpa = "sdpa"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Precision(str, Enum):
+    """Mixed-precision mode of the Trainer (autocast); weights stay in `model.dtype`."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Builtin(str, Enum):
+    """Models this package can create locally when `name_or_path` does not exist yet."""
+
+    tiny = "tiny"
+
+
+# OmegaConf matches enum members by *name*; these names are not identifiers, hence the functional API.
+Template = Enum("Template", {"vicuna_v1.1": "vicuna_v1.1"}, type=str)
+OnError = Enum("OnError", {"raise": "raise", "skip": "skip"}, type=str)
+
+
+class Padding(str, Enum):
+    longest = "longest"  # pad to the longest sample of the batch
+    max_length = "max_length"  # FastChat: every sample padded to data.max_length
+
+
+class FsdpStrategy(str, Enum):
+    none = "none"
+    full_shard = "full_shard"
+
+
+class StateDictType(str, Enum):
+    full = "FULL_STATE_DICT"
+    sharded = "SHARDED_STATE_DICT"
+
+
+class Strategy(str, Enum):
+    no = "no"
+    steps = "steps"
+    epoch = "epoch"
+
+
+class Scheduler(str, Enum):
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+    constant_with_warmup = "constant_with_warmup"
+
+
+class Optim(str, Enum):
+    adamw_torch = "adamw_torch"
+    adamw_torch_fused = "adamw_torch_fused"
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = MISSING  # local directory or hub id, loaded with from_pretrained
+    tokenizer: str | None = None  # None: same as name_or_path
+    revision: str | None = None
+    dtype: Dtype = Dtype.float32  # dtype the weights are loaded (and trained) in
+    save_dtype: Dtype | None = None  # None: bf16/fp16 for bf16/fp16 runs, else model.dtype
+    trust_remote_code: bool = False
+    activation_checkpointing: bool = False
+    builtin: Builtin | None = None  # create name_or_path locally if it does not exist
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # JSON array or JSONL of ShareGPT records
+    eval_path: str | None = None
+    eval_fraction: float = 0.0  # held out from `path` with trainer.seed when eval_path is None
+    template: Template = Template["vicuna_v1.1"]
+    max_length: int = 2048
+    padding: Padding = Padding.longest
+    lazy: bool = False  # encode on access instead of up front
+    num_proc: int = 1  # processes for up-front encoding
+    on_error: OnError = OnError["raise"]
+
+
+@dataclass
+class OptimizerConfig:
+    name: Optim = Optim.adamw_torch
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    scheduler: Scheduler = Scheduler.cosine
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass
+class AttentionConfig:
+    implementation: AttentionImpl = AttentionImpl.sdpa
+
+
+@dataclass
+class FsdpConfig:
+    strategy: FsdpStrategy = FsdpStrategy.none
+    state_dict_type: StateDictType = StateDictType.full  # for intermediate checkpoints
+    # None: derived from the model (`_no_split_modules`), never hard-coded
+    wrap_classes: list[str] | None = None
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str = "${hydra:runtime.output_dir}"
+    per_device_train_batch_size: int = 2
+    per_device_eval_batch_size: int | None = None  # None: same as train
+    # Set one of them: accumulation = global_batch_size / (per_device * world_size), must divide.
+    global_batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    precision: Precision = Precision.fp32
+    tf32: bool | None = None
+    logging_steps: int = 10
+    save_strategy: Strategy = Strategy.steps
+    save_steps: int = 500
+    save_total_limit: int | None = 2  # a 7B checkpoint with optimizer state is ~80 GB
+    eval_strategy: Strategy = Strategy.no
+    eval_steps: int | None = None
+    seed: int = 42
+    resume: str = "auto"  # auto | never | <checkpoint path>
+    dataloader_num_workers: int = 0
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    use_cpu: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    attention: AttentionConfig = MISSING
+    fsdp: FsdpConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def register_configs() -> None:
+    """Store the schema under the `schema/` group (conf/config.yaml extends it) and the resolvers."""
+    ConfigStore.instance().store(group="schema", name="config", node=Config)
+    register_resolvers()
+
+
+def _asset_path(name: str) -> str:
+    from importlib import resources
+
+    return str(resources.files("vicuna_sft") / "assets" / name)
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("vicuna_sft_asset"):
+        OmegaConf.register_new_resolver("vicuna_sft_asset", _asset_path)
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The composed DictConfig as a typed `Config` (enums as Enum members)."""
+    from dataclasses import fields
+
+    from omegaconf import OmegaConf
+
+    from .errors import UserError
+
+    # `+key=value` at the root passes even in struct mode; refuse it here
+    unknown = sorted(set(cfg.keys()) - {f.name for f in fields(Config)} - {"hydra"})
+    if unknown:
+        raise UserError(
+            f"unknown config key(s) at the root: {unknown}; valid: {[f.name for f in fields(Config)]}"
+        )
+    body = OmegaConf.masked_copy(cfg, [f.name for f in fields(Config)]) if "hydra" in cfg else cfg
+    return OmegaConf.to_object(body)

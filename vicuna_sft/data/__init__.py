@@ -1,0 +1,1 @@
+"""ShareGPT data: records -> conversations -> encoded samples -> batches."""

@@ -1,0 +1,117 @@
+"""Conversation -> (input_ids, labels), with labels built by construction.
+
+FastChat re-tokenizes prompt pieces and subtracts hard-coded offsets to find the replies, and
+silently zeroes a sample when its count is off. Here each segment (see conversation.py) is
+tokenized once with character offsets; the reply is the segment's tail, so its tokens are exactly
+those ending after the reply's first character. The template's `</s>` is inserted as the EOS id,
+while special-token text typed inside a message is tokenized as plain text.
+
+The ids equal what the tokenizer gives for the whole prompt text. The one context effect of
+splitting at the template's EOS is the SentencePiece-style prefix space that Metaspace adds only
+at the very start of a text (`prepend_scheme="first"`): continuation segments are therefore
+tokenized with a copy whose prefix is off. `Encoder.__init__` checks the equality on a probe
+conversation and refuses a tokenizer for which it does not hold.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from .conversation import Conversation, render, segments
+
+IGNORE_INDEX = -100  # labels ignored by the loss
+
+
+@dataclass
+class Encoded:
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE_INDEX)
+
+
+def _backend_copy(tokenizer: Any, continuation: bool) -> Tokenizer:
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec["post_processor"] = None  # BOS is added here explicitly; also keeps offsets untrimmed
+
+    def no_first_prefix(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "Metaspace" and node.get("prepend_scheme") == "first":
+                node["prepend_scheme"] = "never"
+            for v in node.values():
+                no_first_prefix(v)
+        elif isinstance(node, list):
+            for v in node:
+                no_first_prefix(v)
+
+    if continuation:
+        no_first_prefix(spec.get("pre_tokenizer"))
+    backend = Tokenizer.from_str(json.dumps(spec))
+    backend.encode_special_tokens = True  # "</s>" typed in a message stays text
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+class Encoder:
+    """Encodes conversations for one tokenizer. Picklable (for `datasets.map(num_proc=...)`)."""
+
+    def __init__(self, tokenizer: Any, max_length: int):
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(f"{type(tokenizer).__name__}: vicuna_sft needs a fast (tokenizers) tokenizer")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token to close assistant replies with")
+        if max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        self.max_length = max_length
+        self.eos_id = tokenizer.eos_token_id
+        self.eos_text = tokenizer.eos_token
+        with_special = tokenizer("a").input_ids
+        plain = tokenizer("a", add_special_tokens=False).input_ids
+        self.prefix = with_special[: len(with_special) - len(plain)]  # usually [BOS]
+        self._first = _backend_copy(tokenizer, continuation=False)
+        self._rest = _backend_copy(tokenizer, continuation=True)
+        self._check(tokenizer)
+
+    def _check(self, tokenizer: Any) -> None:
+        probe = Conversation(
+            "probe", "System  says hi.", (("Hello! How are you?", "Fine, thanks.\n"), (" Code:", "`x = 1`  "))
+        )
+        expected = tokenizer(render(probe, self.eos_text)).input_ids
+        got = self.encode(probe).input_ids
+        if got != expected:
+            raise ValueError(
+                f"{type(tokenizer).__name__} ({tokenizer.name_or_path}): segment-wise encoding differs from "
+                f"whole-text tokenization ({got[:12]}... vs {expected[:12]}...); this tokenizer is not supported"
+            )
+
+    def encode(self, conv: Conversation) -> Encoded:
+        return self.encode_batch([conv])[0]
+
+    def encode_batch(self, convs: list[Conversation]) -> list[Encoded]:
+        segs = [segments(c) for c in convs]
+        firsts = self._first.encode_batch([s[0].text for s in segs], add_special_tokens=False)
+        rest_texts = [seg.text for s in segs for seg in s[1:]]
+        rests = (
+            iter(self._rest.encode_batch(rest_texts, add_special_tokens=False)) if rest_texts else iter(())
+        )
+        out = []
+        for conv, conv_segs, first in zip(convs, segs, firsts):
+            ids, labels = list(self.prefix), [IGNORE_INDEX] * len(self.prefix)
+            for k, seg in enumerate(conv_segs):
+                enc = first if k == 0 else next(rests)
+                # tokens ending after the reply's first character are the reply (it runs to the end)
+                n_prompt = next(
+                    (i for i, (_, end) in enumerate(enc.offsets) if end > seg.reply_start), len(enc.ids)
+                )
+                ids += [*enc.ids, self.eos_id]
+                labels += [IGNORE_INDEX] * n_prompt + enc.ids[n_prompt:] + [self.eos_id]
+            truncated = len(ids) > self.max_length
+            out.append(Encoded(conv.id, ids[: self.max_length], labels[: self.max_length], truncated))
+        return out

@@ -1,0 +1,159 @@
+"""Reading ShareGPT files and turning records into `Conversation`s, with errors that say where.
+
+Every problem names the file, the record index (and id) and what is wrong. Under
+`on_error=skip` a bad record is counted by reason instead of aborting the run; nothing is dropped
+without being counted.
+"""
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+from .conversation import VICUNA_SYSTEM, Conversation
+
+USER_ROLES = {"human", "user"}
+ASSISTANT_ROLES = {"gpt", "assistant"}
+SYSTEM_ROLES = {"system"}
+
+
+class DataError(UserError, ValueError):
+    """Bad input data; the message is meant for the user as is."""
+
+
+class RecordError(DataError):
+    def __init__(self, source: str, index: int, record_id: Any, reason: str, detail: str):
+        self.reason = reason  # short key used for counting skips, e.g. "unknown_role"
+        where = f"record {index}" + (f" (id={record_id!r})" if record_id is not None else "")
+        super().__init__(f"{source}: {where}: {detail}")
+
+
+@dataclass
+class Stats:
+    """What happened to the records of one file; printed and saved with every run."""
+
+    read: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> records not trained on
+    adjusted: Counter = field(default_factory=Counter)  # reason -> records kept after a fix-up
+    truncated: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "read": self.read,
+            "kept": self.kept,
+            "dropped": dict(self.dropped),
+            "adjusted": dict(self.adjusted),
+            "truncated": self.truncated,
+            "tokens": self.tokens,
+            "trained_tokens": self.trained_tokens,
+        }
+
+
+def read_records(path: str) -> list[Any]:
+    """A JSON array, or JSON Lines (`.jsonl`, or any file not starting with `[`)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: data file not found")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".jsonl") or not text.lstrip().startswith("["):
+        records = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: invalid JSON on line {lineno} column {e.colno}: {e.msg}") from None
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON array of records, got {type(records).__name__}")
+    return records
+
+
+def to_conversation(record: Any, *, source: str, index: int) -> tuple[Conversation, list[str]]:
+    """Validate one ShareGPT record. Returns the conversation and the fix-ups applied to it."""
+    rid = record.get("id") if isinstance(record, dict) else None
+
+    def fail(reason: str, detail: str) -> RecordError:
+        return RecordError(source, index, rid, reason, detail)
+
+    if not isinstance(record, dict):
+        raise fail("not_an_object", f"expected an object, got {type(record).__name__}")
+    if "conversations" not in record:
+        raise fail("no_conversations", "missing the 'conversations' field")
+    messages = record["conversations"]
+    if not isinstance(messages, list):
+        raise fail("bad_conversations", f"'conversations' must be a list, got {type(messages).__name__}")
+    if not messages:
+        raise fail("empty_conversation", "'conversations' is empty")
+
+    roles, texts = [], []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "from" not in m or "value" not in m:
+            raise fail("bad_message", f"message {i} must be an object with 'from' and 'value'")
+        role, value = m["from"], m["value"]
+        if not isinstance(value, str):
+            raise fail(
+                "non_string_value", f"message {i}: 'value' must be a string, got {type(value).__name__}"
+            )
+        if not value.strip():
+            raise fail("empty_message", f"message {i} ({role!r}) is empty")
+        if role in USER_ROLES:
+            roles.append("user")
+        elif role in ASSISTANT_ROLES:
+            roles.append("assistant")
+        elif role in SYSTEM_ROLES and i == 0:
+            roles.append("system")
+        elif role in SYSTEM_ROLES:
+            raise fail("misplaced_system", f"message {i}: a system message is only allowed first")
+        else:
+            known = sorted(USER_ROLES | ASSISTANT_ROLES | SYSTEM_ROLES)
+            raise fail("unknown_role", f"message {i}: unknown role {role!r} (expected one of {known})")
+        texts.append(value)
+
+    fixes = []
+    system = VICUNA_SYSTEM
+    if roles and roles[0] == "system":
+        system = texts[0]
+        roles, texts = roles[1:], texts[1:]
+    if roles and roles[0] == "assistant":  # FastChat parity: one leading assistant message is dropped
+        roles, texts = roles[1:], texts[1:]
+        fixes.append("leading_assistant_dropped")
+    if roles and roles[-1] == "user":  # FastChat ignores the whole sample; we keep the rest
+        roles, texts = roles[:-1], texts[:-1]
+        fixes.append("trailing_user_dropped")
+    for i, role in enumerate(roles):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            raise fail("not_alternating", f"turn {i}: expected a {expected} message, got {role}")
+    if not roles:
+        raise fail("no_assistant_reply", "no assistant reply to train on")
+    turns = tuple(zip(texts[0::2], texts[1::2]))
+    return Conversation(str(rid) if rid is not None else f"{source}#{index}", system, turns), fixes
+
+
+def load_conversations(path: str, *, skip_errors: bool) -> tuple[list[Conversation], Stats]:
+    """All valid conversations of `path`; bad records raise, or are counted when `skip_errors`."""
+    stats = Stats()
+    out = []
+    for index, record in enumerate(read_records(path)):
+        stats.read += 1
+        try:
+            conv, fixes = to_conversation(record, source=path, index=index)
+        except RecordError as e:
+            if not skip_errors:
+                raise
+            stats.dropped[e.reason] += 1
+            continue
+        stats.adjusted.update(fixes)
+        out.append(conv)
+    return out, stats

@@ -1,0 +1,100 @@
+"""Loading the tokenizer and the causal LM, through `from_pretrained` for every model (the tiny
+one included), with the configured attention variant applied to this instance."""
+
+import logging
+import math
+import os
+import re
+from typing import Any
+
+from . import attention
+from .config import Builtin, Config, ModelConfig
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(UserError, RuntimeError):
+    pass
+
+
+# "name" or "org/name"; anything else must be an existing local path
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_path(m: ModelConfig, path: str | None = None) -> str:
+    """The local directory or hub id to load; creates a builtin model on first use."""
+    path = os.path.expanduser(path or m.name_or_path)
+    if m.builtin is not None and Builtin(m.builtin) == Builtin.tiny:
+        from .tiny import ensure_tiny
+
+        ensure_tiny(path)  # no-op when it is already there
+    if not os.path.exists(path) and not _HUB_ID.match(path):
+        raise ModelLoadError(f"model path does not exist: {path}")
+    return path
+
+
+def _wrap_hub_errors(what: str, path: str, fn: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(path, **kwargs)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load the {what} from {path!r}: {first}") from e
+
+
+def load_tokenizer(m: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_path(m, m.tokenizer) if m.tokenizer else resolve_path(m)
+    # padding_side must be given here: set as an attribute later it is not saved
+    tok = _wrap_hub_errors(
+        "tokenizer",
+        path,
+        AutoTokenizer.from_pretrained,
+        revision=m.revision,
+        trust_remote_code=m.trust_remote_code,
+        padding_side="right",
+    )
+    if not getattr(tok, "is_fast", False):
+        raise ModelLoadError(f"{path}: a fast (tokenizers-backed) tokenizer is required")
+    return tok
+
+
+def rope_scaling_factor(max_length: int, max_positions: int | None) -> int | None:
+    """FastChat parity: linear RoPE scaling when training past the model's context."""
+    if not max_positions or max_length <= max_positions:
+        return None
+    return math.ceil(max_length / max_positions)
+
+
+def load_model(cfg: Config) -> Any:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    variant = attention.get(cfg.attention.implementation)
+    variant.check(cfg)  # fail before loading any weights
+    path = resolve_path(cfg.model)
+    common = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
+    config = _wrap_hub_errors("model config", path, AutoConfig.from_pretrained, **common)
+    factor = rope_scaling_factor(cfg.data.max_length, getattr(config, "max_position_embeddings", None))
+    if factor:
+        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        config.rope_parameters = {"rope_type": "linear", "factor": float(factor), "rope_theta": theta}
+        log.info(
+            "max_length %d > %d positions: linear RoPE scaling x%d",
+            cfg.data.max_length,
+            config.max_position_embeddings,
+            factor,
+        )
+    # Training never uses the KV cache, and packed-sequence masking only engages without it.
+    config.use_cache = False
+    model = _wrap_hub_errors(
+        "model",
+        path,
+        AutoModelForCausalLM.from_pretrained,
+        config=config,
+        dtype=getattr(torch, cfg.model.dtype.value),
+        attn_implementation=variant.implementation(cfg),
+        **common,
+    )
+    return variant.prepare(model)
