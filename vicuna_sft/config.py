@@ -186,7 +186,7 @@ def to_config(cfg: DictConfig) -> Config:
     """The composed DictConfig as a typed `Config` (enums as Enum members)."""
     from dataclasses import fields
 
-    from omegaconf import OmegaConf
+    from omegaconf import MissingMandatoryValue, OmegaConf
 
     from .errors import UserError
 
@@ -197,4 +197,8 @@ def to_config(cfg: DictConfig) -> Config:
             f"unknown config key(s) at the root: {unknown}; valid: {[f.name for f in fields(Config)]}"
         )
     body = OmegaConf.masked_copy(cfg, [f.name for f in fields(Config)]) if "hydra" in cfg else cfg
-    return OmegaConf.to_object(body)
+    try:
+        # merged onto the schema: a masked copy (or a plain DictConfig) would otherwise come back as a dict
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), body))
+    except MissingMandatoryValue as e:
+        raise UserError(f"{e.full_key} is required: set {e.full_key}=...") from None
