@@ -47,6 +47,8 @@ OnError = Enum("OnError", {"raise": "raise", "skip": "skip"}, type=str)
 class Padding(str, Enum):
     longest = "longest"  # pad to the longest sample of the batch
     max_length = "max_length"  # FastChat: every sample padded to data.max_length
+    # the batch's samples concatenated into one row, position_ids restarting per sample: no padding
+    packed = "packed"
 
 
 class FsdpStrategy(str, Enum):

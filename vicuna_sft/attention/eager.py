@@ -1,10 +1,16 @@
-"""Plain PyTorch matmul-softmax attention (transformers' `eager`): the numerical reference."""
+"""Plain PyTorch matmul-softmax attention (transformers' `eager`): the numerical reference.
+
+Packed batches: transformers builds a block-diagonal causal mask from the restarting
+position_ids (`guard_packed` keeps the KV cache, which would disable that, off)."""
 
 from typing import Any
+
+from . import check_packing, guard_packed
 
 
 def check(cfg: Any) -> None:
     """Runs everywhere."""
+    check_packing(cfg)
 
 
 def implementation(cfg: Any) -> str:
@@ -12,4 +18,4 @@ def implementation(cfg: Any) -> str:
 
 
 def prepare(model: Any) -> Any:
-    return model
+    return guard_packed(model)

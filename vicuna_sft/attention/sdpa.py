@@ -1,11 +1,17 @@
 """`torch.nn.functional.scaled_dot_product_attention` (transformers' `sdpa`): PyTorch picks the
-fastest kernel available for the device and dtype (flash / memory-efficient / math)."""
+fastest kernel available for the device and dtype (flash / memory-efficient / math).
+
+Packed batches: transformers builds a block-diagonal causal mask from the restarting
+position_ids (`guard_packed` keeps the KV cache, which would disable that, off)."""
 
 from typing import Any
+
+from . import check_packing, guard_packed
 
 
 def check(cfg: Any) -> None:
     """Runs everywhere."""
+    check_packing(cfg)
 
 
 def implementation(cfg: Any) -> str:
@@ -13,4 +19,4 @@ def implementation(cfg: Any) -> str:
 
 
 def prepare(model: Any) -> Any:
-    return model
+    return guard_packed(model)
