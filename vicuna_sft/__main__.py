@@ -13,10 +13,11 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="pkg://vicuna_sft.conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
-    from .run import run  # heavy imports only once a job really runs (not for --help / --cfg)
+    # heavy imports only once a job really runs (not for --help / --cfg)
+    from .distributed import entry  # run(cfg) here, or launch distributed.nproc_per_node workers
 
     try:
-        return run(cfg)
+        return entry(cfg)
     except UserError as e:
         print(f"vicuna_sft: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -1,5 +1,6 @@
 """The one place where the config becomes `transformers.TrainingArguments` (transformers 5.x)."""
 
+import os
 from typing import Any
 
 from .config import Config, FsdpStrategy, Precision, TrainerConfig
@@ -29,24 +30,52 @@ def gradient_accumulation(t: TrainerConfig, world_size: int) -> int:
     return accum
 
 
-def fsdp_arguments(cfg: Config, wrap_classes: list[str]) -> dict[str, Any]:
+def fsdp_arguments(
+    cfg: Config,
+    wrap_classes: list[str],
+    world_size: int = 1,
+    nnodes: int = 1,
+    cuda_available: bool = True,
+) -> dict[str, Any]:
+    """FastChat's FSDP names as FSDP2 TrainingArguments; impossible combinations are refused here,
+    never downgraded. `none` and `ddp` need no arguments: several processes mean DDP to the Trainer."""
     strategy = FsdpStrategy(cfg.fsdp.strategy)
-    if strategy == FsdpStrategy.none:
+    if strategy in (FsdpStrategy.none, FsdpStrategy.ddp):
         return {}
     classes = list(cfg.fsdp.wrap_classes or wrap_classes)
     if not classes:
         raise ConfigError("fsdp: the model names no decoder-layer class to wrap; set fsdp.wrap_classes")
+    if strategy == FsdpStrategy.full_shard_offload and not cuda_available:
+        raise ConfigError(
+            "fsdp=full_shard_offload offloads parameters from GPU memory to CPU memory and needs CUDA; "
+            "this machine has no CUDA device (use fsdp=full_shard on CPU)"
+        )
+    extra: dict[str, Any] = {}
+    if strategy == FsdpStrategy.hybrid_shard:
+        per_node = world_size // max(nnodes, 1)
+        if nnodes < 2 or per_node < 2 or world_size % nnodes:
+            raise ConfigError(
+                f"fsdp=hybrid_shard shards within a node and replicates across nodes: it needs >= 2 nodes with "
+                f">= 2 processes each, got world size {world_size} on {nnodes} node(s) "
+                "(use fsdp=full_shard on a single node)"
+            )
+        extra["parallelism_config"] = {"dp_replicate_size": nnodes, "dp_shard_size": per_node}
+    checkpointing = cfg.fsdp.activation_checkpointing
+    if checkpointing is None:
+        checkpointing = cfg.model.activation_checkpointing
     return {
         "fsdp": True,
         "fsdp_config": {
             "version": 2,
             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "transformer_layer_cls_to_wrap": classes,
-            "reshard_after_forward": True,
+            "reshard_after_forward": strategy != FsdpStrategy.shard_grad_op,
+            "cpu_offload": strategy == FsdpStrategy.full_shard_offload,
             "state_dict_type": cfg.fsdp.state_dict_type.value,
             # under FSDP, checkpointing belongs to FSDP (transformers warns otherwise)
-            "activation_checkpointing": cfg.model.activation_checkpointing,
+            "activation_checkpointing": checkpointing,
         },
+        **extra,
     }
 
 
@@ -79,7 +108,12 @@ def to_training_arguments(cfg: Config, world_size: int = 1, wrap_classes: list[s
     validate(cfg)
     t, o = cfg.trainer, cfg.optimizer
     precision = Precision(t.precision)
-    fsdp = fsdp_arguments(cfg, wrap_classes or [])
+    nnodes = max(1, world_size // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    fsdp = fsdp_arguments(cfg, wrap_classes or [], world_size, nnodes, torch.cuda.is_available())
+    if "parallelism_config" in fsdp:
+        from accelerate.parallelism_config import ParallelismConfig
+
+        fsdp["parallelism_config"] = ParallelismConfig(**fsdp["parallelism_config"])
     return TrainingArguments(
         output_dir=t.output_dir,
         per_device_train_batch_size=t.per_device_train_batch_size,
@@ -99,7 +133,7 @@ def to_training_arguments(cfg: Config, world_size: int = 1, wrap_classes: list[s
         bf16=precision == Precision.bf16,
         fp16=precision == Precision.fp16,
         tf32=t.tf32,
-        gradient_checkpointing=cfg.model.activation_checkpointing and not fsdp,
+        gradient_checkpointing=bool(cfg.model.activation_checkpointing and not fsdp),
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_strategy=t.save_strategy.value,

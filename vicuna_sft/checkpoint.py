@@ -6,12 +6,17 @@ it and rank 0 has then written `COMPLETE` into it (atomically). Resume never pic
 """
 
 import json
+import logging
 import os
 import re
+from typing import Any
 
 from .errors import UserError
 
+log = logging.getLogger(__name__)
+
 COMPLETE = "COMPLETE"
+RUN_FILE = "vicuna_sft_run.json"  # the math-relevant config of the run that wrote the checkpoint
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -38,17 +43,93 @@ def latest_complete(output_dir: str) -> str | None:
     return complete[-1] if complete else None
 
 
-def resolve_resume(resume: str, output_dir: str) -> str | None:
-    """`never` -> None; `auto` -> newest complete checkpoint in output_dir (or None); else a path."""
+def resolve_resume(
+    resume: str,
+    output_dir: str,
+    fingerprint: dict[str, Any] | None = None,
+    allow_change: bool = False,
+) -> str | None:
+    """`never` -> None; `auto` -> newest complete checkpoint in output_dir (or None); else a path.
+    With a `fingerprint` (see `run_fingerprint`), a checkpoint of a run whose math differs is refused
+    unless `allow_change`."""
     if resume == "never":
         return None
     if resume == "auto":
-        return latest_complete(output_dir)
-    if not os.path.isdir(resume):
+        path = latest_complete(output_dir)
+    elif not os.path.isdir(resume):
         raise UserError(f"trainer.resume: checkpoint directory not found: {resume}")
-    if not is_complete(resume):
+    elif not is_complete(resume):
         raise UserError(f"trainer.resume: {resume} is not a complete checkpoint (no {COMPLETE} marker)")
-    return resume
+    else:
+        path = resume
+    if path and fingerprint is not None:
+        check_compatible(path, fingerprint, allow_change)
+    return path
+
+
+def run_fingerprint(cfg: Any, world_size: int) -> dict[str, Any]:
+    """What a checkpoint's run must share with this one for resuming to continue the same math."""
+    from .arguments import gradient_accumulation
+
+    m, d, t = cfg.model, cfg.data, cfg.trainer
+    value = lambda x: getattr(x, "value", x)  # noqa: E731  (enums as their values)
+    global_batch = t.per_device_train_batch_size * gradient_accumulation(t, world_size) * world_size
+    return {
+        "model.name_or_path": m.name_or_path,
+        "model.revision": m.revision,
+        "model.dtype": value(m.dtype),
+        "data.path": d.path,
+        "data.eval_path": d.eval_path,
+        "data.eval_fraction": d.eval_fraction,
+        "data.template": value(d.template),
+        "data.max_length": d.max_length,
+        "data.padding": value(d.padding),
+        "global_batch_size": global_batch,
+        "trainer.seed": t.seed,
+    }
+
+
+def write_fingerprint(path: str, fingerprint: dict[str, Any]) -> None:
+    with open(os.path.join(path, RUN_FILE), "w") as f:
+        json.dump(fingerprint, f, indent=2)
+
+
+def check_compatible(path: str, fingerprint: dict[str, Any], allow_change: bool) -> None:
+    file = os.path.join(path, RUN_FILE)
+    if not os.path.isfile(file):
+        log.warning("%s has no %s: cannot check that it comes from the same config", path, RUN_FILE)
+        return
+    with open(file) as f:
+        saved = json.load(f)
+    diffs = [
+        f"{k}: {saved.get(k)!r} in the checkpoint, {fingerprint.get(k)!r} now"
+        for k in sorted(set(saved) | set(fingerprint))
+        if saved.get(k) != fingerprint.get(k)
+    ]
+    if not diffs:
+        return
+    msg = f"the config differs from that of the run that wrote {path}:\n  " + "\n  ".join(diffs)
+    if allow_change:
+        log.warning("resuming anyway (trainer.resume_on_config_change=true): %s", msg)
+        return
+    raise UserError(
+        f"refusing to resume: {msg}\nSet trainer.resume_on_config_change=true to resume anyway, "
+        "trainer.resume=never to start over, or another hydra.run.dir"
+    )
+
+
+class AlreadyFinished(Exception):
+    """Raised at train begin when the resumed checkpoint already reached max_steps."""
+
+
+def train(trainer: Any, resume: str | None) -> None:
+    """`trainer.train`, except that a checkpoint already at max_steps trains no extra step: the
+    Trainer would run one more before checking; `callbacks.StopWhenFinished` stops it first, after
+    the checkpoint's weights and state are loaded."""
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except AlreadyFinished:
+        log.info("%s is already at max_steps=%d: nothing left to train", resume, trainer.state.max_steps)
 
 
 def mark_complete(path: str, step: int) -> None:

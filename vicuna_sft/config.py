@@ -17,6 +17,8 @@ class AttentionImpl(str, Enum):
     # one member per file in conf/attention/ and per module in vicuna_sft/attention/ (tested 1:1)
     eager = "eager"
     sdpa = "sdpa"
+    flash = "flash"  # flash-attn if installed, else PyTorch's flash kernels (CUDA, fp16/bf16)
+    xformers = "xformers"  # xformers.ops.memory_efficient_attention (CUDA, `xformers` extra)
 
 
 class Dtype(str, Enum):
@@ -52,8 +54,14 @@ class Padding(str, Enum):
 
 
 class FsdpStrategy(str, Enum):
-    none = "none"
-    full_shard = "full_shard"
+    """FastChat's names, mapped to FSDP2 in arguments.fsdp_arguments (docs/distributed.md)."""
+
+    none = "none"  # no sharding (plain DDP when several processes run)
+    ddp = "ddp"  # DistributedDataParallel: a full replica per rank
+    full_shard = "full_shard"  # params, grads, optimizer state sharded; reshard after forward
+    shard_grad_op = "shard_grad_op"  # like full_shard, but params stay gathered between forward and backward
+    hybrid_shard = "hybrid_shard"  # shard within a node, replicate across nodes (nnodes >= 2)
+    full_shard_offload = "full_shard_offload"  # full_shard + parameters offloaded to CPU (GPU only)
 
 
 class StateDictType(str, Enum):
@@ -128,6 +136,24 @@ class FsdpConfig:
     state_dict_type: StateDictType = StateDictType.full  # for intermediate checkpoints
     # None: derived from the model (`_no_split_modules`), never hard-coded
     wrap_classes: list[str] | None = None
+    # FSDP's own activation checkpointing of each wrapped layer; None: model.activation_checkpointing
+    activation_checkpointing: bool | None = None
+
+
+@dataclass
+class DistributedConfig:
+    """Process layout. Under torchrun/SLURM the ranks come from the environment and these only
+    describe the launch; with `python -m vicuna_sft distributed.nproc_per_node=N` this process
+    starts the workers itself through torch's elastic launcher (vicuna_sft/distributed.py)."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0  # used with rdzv_backend=static; c10d assigns ranks itself
+    rdzv_backend: str = "c10d"  # c10d | static
+    rdzv_endpoint: str | None = None  # host:port; None: localhost on a free port (single node only)
+    rdzv_id: str | None = None  # shared by all nodes of one job; None: derived from the run directory
+    max_restarts: int = 0
+    monitor_interval: float = 0.5
 
 
 @dataclass
@@ -150,9 +176,11 @@ class TrainerConfig:
     eval_steps: int | None = None
     seed: int = 42
     resume: str = "auto"  # auto | never | <checkpoint path>
+    # resume even when model/data/max_length/global batch differ from the checkpoint's run
+    resume_on_config_change: bool = False
     dataloader_num_workers: int = 0
     report_to: list[str] = field(default_factory=lambda: ["none"])
-    use_cpu: bool = False
+    use_cpu: bool | None = None  # None: True when no CUDA device (else CPU ranks under torchrun train alone)
 
 
 @dataclass
@@ -163,6 +191,7 @@ class Config:
     fsdp: FsdpConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def register_configs() -> None:

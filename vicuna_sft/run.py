@@ -10,10 +10,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .arguments import to_training_arguments, validate
-from .checkpoint import resolve_resume
+from .checkpoint import resolve_resume, run_fingerprint, train
 from .config import Config, Dtype, Precision, to_config
 from .data.conversation import CHAT_TEMPLATE
 from .data.dataset import build_datasets
+from .distributed import enter_worker
 from .model import load_model, load_tokenizer
 from .summary import RESULT_FILE
 
@@ -23,7 +24,10 @@ log = logging.getLogger("vicuna_sft")
 def run(dcfg: DictConfig) -> dict[str, Any]:
     cfg = to_config(dcfg)
     validate(cfg)
+    enter_worker(dcfg)  # several ranks: all must have resolved the same config
     out = cfg.trainer.output_dir
+    fingerprint = run_fingerprint(cfg, world_size())
+    resume = resolve_resume(cfg.trainer.resume, out, fingerprint, cfg.trainer.resume_on_config_change)
     save_resolved_config(dcfg, out)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -32,9 +36,8 @@ def run(dcfg: DictConfig) -> dict[str, Any]:
     model = load_model(cfg)
     args = to_training_arguments(cfg, world_size(), wrap_classes=list(model._no_split_modules or []))
 
-    from transformers import Trainer
-
-    from .callbacks import CheckpointCompleteCallback
+    from .callbacks import default_callbacks
+    from .trainer import Trainer
 
     trainer = Trainer(
         model=model,
@@ -43,12 +46,11 @@ def run(dcfg: DictConfig) -> dict[str, Any]:
         eval_dataset=data.eval,
         data_collator=data.collator,
         processing_class=tokenizer,
-        callbacks=[CheckpointCompleteCallback()],
+        callbacks=default_callbacks(fingerprint),
     )
-    resume = resolve_resume(cfg.trainer.resume, out)
     if resume:
         log.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    train(trainer, resume)
     trainer.save_state()
     eval_metrics = trainer.evaluate() if data.eval is not None else {}
     final_dir = save_final(trainer, tokenizer, cfg)

@@ -19,7 +19,7 @@ COLUMNS = ["job", "overrides", "status", "final_train_loss", "eval_loss", "globa
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = config.hydra.sweep.dir
-        if not os.path.isdir(sweep_dir):
+        if int(os.environ.get("RANK", "0")) != 0 or not os.path.isdir(sweep_dir):
             return
         rows = []
         for name in sorted(

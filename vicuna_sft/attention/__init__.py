@@ -65,3 +65,126 @@ def guard_packed(model: Any) -> Any:
             _no_cache_for_packed, with_kwargs=True
         )
     return model
+
+
+# --- shared by the kernel variants (flash, xformers): checks, masks, boundaries, dtypes ---------
+
+
+def require_cuda(variant: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise AttentionUnavailable(
+            f"attention={variant} needs a CUDA GPU and none is visible here "
+            f"(torch {torch.__version__}); use attention=sdpa (runs everywhere)"
+        )
+
+
+def require_half(cfg: Any, variant: str) -> None:
+    """Flash kernels compute in fp16/bf16 only: either the weights or the autocast must be half."""
+    half_weights = cfg.model.dtype.value in ("bfloat16", "float16")
+    half_autocast = cfg.trainer.precision.value in ("bf16", "fp16")
+    if not (half_weights or half_autocast):
+        raise AttentionUnavailable(
+            f"attention={variant} runs in fp16/bf16 only, but model.dtype={cfg.model.dtype.value} and "
+            f"trainer.precision={cfg.trainer.precision.value}; set trainer.precision=bf16 "
+            f"(or model.dtype=bfloat16), or use attention=sdpa for fp32"
+        )
+
+
+def register(name: str, attention_fn: Any) -> None:
+    """Register a custom attention function and its mask function under `name` (idempotent).
+    Without a mask function of its own, transformers would hand the function no mask at all."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(name, attention_fn)
+    AttentionMaskInterface.register(name, right_padding_mask)
+
+
+def right_padding_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Any = None,
+    attention_mask: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Mask function of the kernel variants: they compute padded batches as plain causal attention,
+    which is exact for every real token only when padding is on the right. Returns None (pure
+    causal, or a packed row whose boundaries come from position_ids / cu_seq_lens) or the 2D
+    padding mask after checking it is right-aligned. Called once per forward, not per layer."""
+    if attention_mask is None:
+        return None
+    if attention_mask.ndim != 2:
+        raise ValueError(f"expected a 2D padding mask, got shape {tuple(attention_mask.shape)}")
+    mask = attention_mask.bool()
+    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        raise ValueError("the flash/xformers variants need right padding (a real token follows a pad token)")
+    return None if bool(mask.all()) else mask
+
+
+def packed_boundaries(query: Any, attention_mask: Any, kwargs: dict[str, Any]) -> tuple[Any, int] | None:
+    """(cu_seqlens int32 [N+1], max_len) of a packed row, or None for an ordinary batch.
+    From the collator's `cu_seq_lens_q` when present, else from restarts of `position_ids`."""
+    import torch
+
+    if attention_mask is not None:
+        return None
+    if query.shape[0] != 1:
+        position_ids = kwargs.get("position_ids")
+        if kwargs.get("cu_seq_lens_q") is not None or (
+            position_ids is not None and bool((torch.diff(position_ids, dim=-1) != 1).any())
+        ):
+            raise NotImplementedError("packed sequences must come as one row (data.padding=packed does)")
+        return None
+    total = query.shape[2]
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is not None:
+        cu = cu.to(device=query.device, dtype=torch.int32)
+        if int(cu[-1]) != total:
+            raise ValueError(f"cu_seq_lens_q ends at {int(cu[-1])} but the packed row has {total} tokens")
+        max_len = kwargs.get("max_length_q")
+        max_len = int(max_len) if max_len is not None else int((cu[1:] - cu[:-1]).max())
+        return (cu, max_len) if len(cu) > 2 else None
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:
+        return None
+    pos = position_ids.reshape(-1)[-total:].to(query.device)
+    starts = torch.nonzero(torch.diff(pos) != 1).flatten() + 1
+    if starts.numel() == 0:
+        return None
+    zero, end = (
+        torch.zeros(1, dtype=starts.dtype, device=pos.device),
+        torch.tensor([total], device=pos.device),
+    )
+    cu = torch.cat([zero, starts, end]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+def compute_dtype(query: Any, module: Any, allow_fp32: bool) -> Any:
+    """fp16/bf16 for the kernel: the activations', else the autocast's, else the weights'.
+    (Under autocast with fp32 weights RoPE leaves q/k in fp32 while v is half.)"""
+    import torch
+
+    half = (torch.float16, torch.bfloat16)
+    if query.dtype in half:
+        return query.dtype
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) in half:
+        return torch.get_autocast_dtype(device_type)
+    weight = getattr(getattr(module, "q_proj", None), "weight", None)
+    if weight is not None and weight.dtype in half:
+        return weight.dtype
+    if allow_fp32:
+        return query.dtype
+    raise ValueError(f"flash kernels need fp16/bf16 activations, got {query.dtype}")
+
+
+def same_length_or_raise(query: Any, key: Any, variant: str) -> None:
+    if query.shape[2] != key.shape[2]:
+        raise NotImplementedError(
+            f"attention={variant} is a training kernel (queries == keys); generate with attention=sdpa"
+        )

@@ -1,0 +1,75 @@
+"""FSDP2 on CPU (gloo): the one adaptation of accelerate this package makes.
+
+accelerate 1.15 turns FSDP on only for GPU-like device types: on a CPU-only machine a Trainer
+with `fsdp=True` gets a MULTI_CPU (DDP) accelerator and silently trains unsharded. After the
+Trainer has created its accelerator, `enable()` switches that state to FSDP with the plugin the
+Trainer would have used (mixed precision copied from the accelerator), in both AcceleratorState
+and PartialState (patching only one crashes at save). From then on the stock Trainer/accelerate
+FSDP2 code paths run: `fully_shard` over a gloo device mesh, sharded or full state dicts.
+
+Nothing happens on GPU machines, when FSDP was not asked for, or when accelerate already chose
+FSDP. An accelerate version outside the tested range is refused, never silently downgraded.
+"""
+
+import logging
+from typing import Any
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+# the accelerate releases this adaptation was written and tested against (tests/integration/test_fsdp_cpu.py)
+TESTED_ACCELERATE = ((1, 10), (1, 16))  # [min, max)
+
+
+class UnsupportedAccelerate(UserError, RuntimeError):
+    pass
+
+
+def needed(trainer: Any) -> bool:
+    """FSDP asked for, several CPU processes, and accelerate did not turn it on itself."""
+    from accelerate.utils import DistributedType
+
+    state = trainer.accelerator.state
+    return (
+        trainer.args.fsdp_plugin_args is not None
+        and state.device.type == "cpu"
+        and state.num_processes > 1
+        and state.distributed_type != DistributedType.FSDP
+    )
+
+
+def check_version(version: str) -> None:
+    major_minor = tuple(int(x) for x in version.split(".")[:2])
+    low, high = TESTED_ACCELERATE
+    if not (low <= major_minor < high):
+        raise UnsupportedAccelerate(
+            f"FSDP on CPU relies on an adaptation tested with accelerate >={low[0]}.{low[1]},<{high[0]}.{high[1]}; "
+            f"found {version}. Refusing rather than silently training unsharded: use fsdp=ddp on CPU, "
+            "or an accelerate version in that range"
+        )
+
+
+def enable(trainer: Any) -> bool:
+    """Switch a CPU DDP accelerator to FSDP2 when `needed`; True when it did."""
+    if not needed(trainer):
+        return False
+    import accelerate
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    check_version(accelerate.__version__)
+    plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    state = trainer.accelerator.state
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+    AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
+    if plugin.activation_checkpointing and trainer.args.activation_checkpointing:
+        raise UserError(
+            "FSDP activation checkpointing and the Trainer's activation_checkpointing are exclusive"
+        )
+    log.info("FSDP%d enabled on CPU over gloo (%d processes)", plugin.fsdp_version, state.num_processes)
+    return True
