@@ -1,0 +1,222 @@
+"""Bad input gets a clear error: one test per bad input, each checking that the message names what
+is wrong (and where), and for the command line that it comes without a traceback.
+
+Data problems are tested on the reader directly (fast), and end to end through the CLI for the
+file-level ones; config problems through the CLI, where they all fail before any weights load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from vicuna_sft.config import DataConfig, OnError
+from vicuna_sft.data.records import DataError, load_conversations
+
+GOOD = {"id": "ok", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}
+
+
+def write_json(path: pathlib.Path, records: list) -> str:
+    path.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    return str(path)
+
+
+def convs(*messages: tuple[str, object]) -> list[dict]:
+    return [{"from": role, "value": value} for role, value in messages]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tiny_dir: pathlib.Path) -> str:
+    """VICUNA_SFT_CACHE for the CLI: conf/model/tiny.yaml finds the session's tiny model there."""
+    return str(tiny_dir.parent)
+
+
+def cli(tmp_path: pathlib.Path, *args: str, cache: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HYDRA_FULL_ERROR": "0"}
+    env["VICUNA_SFT_CACHE"] = cache or str(tmp_path / "no-cache")  # config errors never get that far
+    run_dir = tmp_path / "run"
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vicuna_sft",
+            *args,
+            f"hydra.run.dir={run_dir}",
+            f"trainer.output_dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+
+
+def assert_clean_failure(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    for needle in needles:
+        assert needle in r.stderr, f"{needle!r} not in:\n{r.stderr}"
+
+
+# --- data, on the reader ------------------------------------------------------------------------
+
+
+def test_missing_data_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(DataError, match=f"{missing}: data file not found"):
+        load_conversations(str(missing), skip_errors=False)
+
+
+def test_invalid_json_names_line_and_column(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n  {"id": "a",\n    "conversations": [}\n]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}: invalid JSON at line 3 column 23: Expecting value"):
+        load_conversations(str(path), skip_errors=True)  # a broken file is never "skipped"
+
+
+def test_bad_jsonl_line_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n" + '{"id": "b", "conversations": [\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}: invalid JSON on line 3 column \d+"):
+        load_conversations(str(path), skip_errors=False)
+
+
+def test_record_without_conversations(tmp_path):
+    path = write_json(tmp_path / "d.json", [GOOD, {"id": "x1", "messages": []}])
+    with pytest.raises(DataError, match=r"d\.json: record 1 \(id='x1'\): missing the 'conversations' field"):
+        load_conversations(path, skip_errors=False)
+
+
+def test_unknown_role(tmp_path):
+    rec = {"id": "r", "conversations": convs(("human", "Hi"), ("bot", "Hello"))}
+    path = write_json(tmp_path / "d.json", [rec])
+    with pytest.raises(
+        DataError, match=r"record 0 \(id='r'\): message 1: unknown role 'bot' \(expected one of"
+    ):
+        load_conversations(path, skip_errors=False)
+
+
+def test_non_string_value(tmp_path):
+    rec = {"id": "n", "conversations": convs(("human", "Hi"), ("gpt", 42))}
+    path = write_json(tmp_path / "d.json", [GOOD, GOOD, rec])
+    with pytest.raises(DataError, match=r"record 2 \(id='n'\): message 1: 'value' must be a string, got int"):
+        load_conversations(path, skip_errors=False)
+
+
+def test_conversation_without_assistant_turn(tmp_path):
+    rec = {"id": "u", "conversations": convs(("system", "Be brief."), ("human", "Hi"))}
+    path = write_json(tmp_path / "d.json", [rec])
+    with pytest.raises(DataError, match=r"record 0 \(id='u'\): no assistant reply to train on"):
+        load_conversations(path, skip_errors=False)
+
+
+def test_record_without_id_is_named_by_index(tmp_path):
+    path = write_json(tmp_path / "d.json", [GOOD, {"conversations": []}])
+    with pytest.raises(DataError, match=r"d\.json: record 1: 'conversations' is empty"):
+        load_conversations(path, skip_errors=False)
+
+
+BAD_RECORDS = [
+    {"id": "b1", "messages": []},
+    {"id": "b2", "conversations": convs(("human", "Hi"), ("bot", "Hello"))},
+    {"id": "b3", "conversations": convs(("human", "Hi"), ("gpt", None))},
+    {"id": "b4", "conversations": convs(("human", "Hi"))},
+    {"id": "b5", "conversations": convs(("human", "Hi"), ("bot", "Hello"))},
+    {"id": "b6", "conversations": convs(("human", "Hi"), ("gpt", "   "))},
+]
+SKIPPED = {
+    "no_conversations": 1,
+    "unknown_role": 2,
+    "non_string_value": 1,
+    "no_assistant_reply": 1,
+    "empty_message": 1,
+}
+
+
+def test_on_error_skip_counts_skipped_records_by_reason(tmp_path, bpe_tokenizer):
+    from vicuna_sft.data.dataset import build_datasets
+
+    records = [GOOD, *BAD_RECORDS[:3], GOOD, *BAD_RECORDS[3:], {**GOOD, "id": "ok2"}]
+    path = write_json(tmp_path / "d.json", records)
+    with pytest.raises(DataError, match=r"record 1 \(id='b1'\)"):  # on_error=raise: the first one
+        load_conversations(path, skip_errors=False)
+
+    kept, stats = load_conversations(path, skip_errors=True)
+    assert [c.id for c in kept] == ["ok", "ok", "ok2"]
+    assert (stats.read, dict(stats.dropped)) == (len(records), SKIPPED)
+
+    data = build_datasets(
+        DataConfig(path=path, on_error=OnError["skip"], max_length=64), bpe_tokenizer, seed=0
+    )
+    s = data.stats["records"][path]
+    assert (s["read"], s["kept"], s["dropped"]) == (len(records), 3, SKIPPED)
+    assert s["read"] == s["kept"] + sum(s["dropped"].values())
+    assert len(data.train) == 3
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_cli_config_typo_names_the_key(tmp_path):
+    r = cli(tmp_path, "optimizer.lrr=1")
+    assert_clean_failure(r, "Could not override 'optimizer.lrr'", "Key 'lrr' not in 'OptimizerConfig'")
+
+
+def test_cli_unknown_group_option_lists_the_valid_ones(tmp_path):
+    r = cli(tmp_path, "attention=foo")
+    assert_clean_failure(r, "Could not find 'attention/foo'", "Available options in 'attention'")
+    options = r.stderr.split("Available options in 'attention':", 1)[1].split("Config search path")[0].split()
+    assert {"eager", "sdpa"} <= set(options)
+
+
+def test_cli_wrong_type_names_the_key(tmp_path):
+    r = cli(tmp_path, "optimizer.lr=abc")
+    assert_clean_failure(r, "Value 'abc' of type 'str' could not be converted to Float", "optimizer.lr")
+
+
+def test_cli_unknown_root_key_is_refused(tmp_path):
+    r = cli(tmp_path, "+foo=1")
+    assert_clean_failure(r, "vicuna_sft: error: unknown config key(s) at the root: ['foo']")
+
+
+def test_cli_max_length_must_be_positive(tmp_path):
+    r = cli(tmp_path, "data.max_length=0")
+    assert_clean_failure(r, "vicuna_sft: error: invalid config", "data.max_length must be > 0, got 0")
+
+
+def test_cli_negative_lr(tmp_path):
+    r = cli(tmp_path, "optimizer.lr=-1e-5")
+    assert_clean_failure(r, "vicuna_sft: error: invalid config", "optimizer.lr must be > 0, got -1e-05")
+
+
+def test_cli_missing_required_data_path(tmp_path):
+    r = cli(tmp_path, "data=sharegpt")
+    assert_clean_failure(r, "vicuna_sft: error: data.path is required")
+
+
+def test_cli_model_path_that_does_not_exist(tmp_path):
+    missing = tmp_path / "models" / "nope"
+    r = cli(tmp_path, f"model.name_or_path={missing}", "model.builtin=null")
+    assert_clean_failure(r, f"vicuna_sft: error: model path does not exist: {missing}")
+    assert not missing.exists()
+
+
+def test_cli_missing_data_file(tmp_path, cache_dir):
+    missing = tmp_path / "sharegpt.json"
+    r = cli(tmp_path, "data=sharegpt", f"data.path={missing}", cache=cache_dir)
+    assert_clean_failure(r, f"vicuna_sft: error: {missing}: data file not found")
+
+
+def test_cli_bad_record_names_file_record_and_problem(tmp_path, cache_dir):
+    path = tmp_path / "d.jsonl"
+    bad = {"id": "r7", "conversations": convs(("human", "Hi"), ("robot", "Hello"))}
+    path.write_text(f"{json.dumps(GOOD)}\n{json.dumps(bad)}\n", encoding="utf-8")
+    r = cli(tmp_path, "data=sharegpt", f"data.path={path}", cache=cache_dir)
+    assert_clean_failure(r, f"vicuna_sft: error: {path}: record 1 (id='r7'): message 1: unknown role 'robot'")
+    assert not (tmp_path / "run" / "checkpoint-1").exists()
