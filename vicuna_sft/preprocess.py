@@ -1,0 +1,262 @@
+"""`python -m vicuna_sft.preprocess [overrides as for training] [preprocess.show=N] [preprocess.out=DIR]`
+
+Encodes the configured data with the configured tokenizer, exactly as a training run with the same
+overrides would (same config tree, same `vicuna_sft.data` code), and writes into the output
+directory (default: the Hydra run dir `outputs/preprocess/<model>_<data>`):
+
+- `encoded_train.jsonl` (and `encoded_eval.jsonl` when there is an eval split): one JSON object per
+  kept sample, `{"id": ..., "input_ids": [...], "labels": [...]}`; labels are -100 where no loss
+  is computed.
+- `stats.json`: records read / kept / dropped (by reason) / adjusted (by fix-up), tokens, trained
+  tokens and truncated samples, in total and per file and split.
+- `config.yaml`: the resolved config.
+
+`preprocess.show=N` prints the first N training samples with the trained tokens highlighted:
+in color on a terminal, else between `[[` and `]]` (`preprocess.color=true|false` forces either).
+
+Config: the training schema (`vicuna_sft.config.Config`) extended by one `preprocess` node; the
+extension lives in this process only, so the training app never sees the key.
+"""
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from .config import Config, register_configs, to_config
+from .errors import UserError
+
+ENCODED_FILE = "encoded_{split}.jsonl"
+STATS_FILE = "stats.json"
+MARK_OPEN, MARK_CLOSE = "[[", "]]"
+ANSI_TRAINED, ANSI_RESET = "\033[1;32m", "\033[0m"
+
+
+@dataclass
+class PreprocessOptions:
+    out: str | None = None  # None: the Hydra run dir (outputs/preprocess/<model>_<data>)
+    show: int = 0  # print this many training samples with the trained tokens highlighted
+    color: bool | None = None  # None: ANSI color when stdout is a terminal, else [[...]] markers
+
+
+@dataclass
+class PreprocessConfig(Config):
+    preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
+
+
+HYDRA_SETTINGS = {
+    "job": {"name": "preprocess"},
+    "run": {"dir": "outputs/preprocess/${hydra.runtime.choices.model}_${hydra.runtime.choices.data}"},
+    "sweep": {"dir": "multirun/preprocess/${now:%Y-%m-%d_%H-%M-%S}"},
+    "help": {
+        "app_name": "vicuna_sft.preprocess",
+        "header": "${hydra.help.app_name}: encode the configured data with the configured tokenizer as "
+        "training would,\nwrite encoded_{train,eval}.jsonl and stats.json, and show samples with the "
+        "trained tokens highlighted.\nTakes the same overrides as `python -m vicuna_sft`, plus "
+        "preprocess.out=DIR, preprocess.show=N, preprocess.color=true|false.\n",
+        "footer": "Examples:\n"
+        "  python -m vicuna_sft.preprocess preprocess.show=3\n"
+        "  python -m vicuna_sft.preprocess experiment=vicuna_7b data.path=/data/sharegpt.json "
+        "preprocess.out=/data/encoded\n",
+    },
+}
+
+
+def register_preprocess_configs() -> None:
+    """The training configs, with the root schema extended by `preprocess` and a primary config
+    `preprocess` = the training `config` + this command's Hydra settings (run dir, job name, help)."""
+    register_configs()
+    cs = ConfigStore.instance()
+    # conf/config.yaml starts from `schema/config`; in this process it is the extended schema
+    cs.store(group="schema", name="config", node=PreprocessConfig)
+    cs.store(name="preprocess", node={"defaults": ["config", "_self_"], "hydra": HYDRA_SETTINGS})
+
+
+def split_config(dcfg: DictConfig) -> tuple[Config, PreprocessOptions]:
+    """The training `Config` (validated by `to_config`, which rejects unknown root keys) and our options."""
+    options = OmegaConf.to_object(dcfg.preprocess) if "preprocess" in dcfg else PreprocessOptions()
+    body = OmegaConf.masked_copy(dcfg, [k for k in dcfg if k != "preprocess"])
+    return to_config(body), options
+
+
+# ---------------------------------------------------------------------------------------------
+# highlighting
+
+
+def trained_spans(labels: list[int]) -> list[tuple[int, int, bool]]:
+    """Maximal runs `(start, end, trained)` of tokens with / without a label."""
+    from .data.encode import IGNORE_INDEX
+
+    spans: list[tuple[int, int, bool]] = []
+    for i, label in enumerate(labels):
+        trained = label != IGNORE_INDEX
+        if spans and spans[-1][2] == trained:
+            spans[-1] = (spans[-1][0], i + 1, trained)
+        else:
+            spans.append((i, i + 1, trained))
+    return spans
+
+
+def highlight(tokenizer: Any, input_ids: list[int], labels: list[int], color: bool) -> str:
+    """The sample's text with its trained tokens marked (ANSI color or `[[...]]`).
+
+    Each run is decoded as the difference of two prefix decodes, so the spaces a tokenizer only
+    shows in context (SentencePiece `▁`) stay where they are."""
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    opening, closing = (ANSI_TRAINED, ANSI_RESET) if color else (MARK_OPEN, MARK_CLOSE)
+    out, before = [], ""
+    for start, end, trained in trained_spans(labels):
+        upto = decode(input_ids[:end])
+        piece = upto[len(before) :] if upto.startswith(before) else decode(input_ids[start:end])
+        before = upto
+        out.append(f"{opening}{piece}{closing}" if trained else piece)
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def summarize(data_stats: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
+    """Totals over files and splits: read == kept + sum(dropped) (record-level problems and samples
+    left without a trained token after truncation both count as dropped)."""
+    from collections import Counter
+
+    dropped: Counter = Counter()
+    adjusted: Counter = Counter()
+    read = 0
+    for s in data_stats["records"].values():
+        read += s["read"]
+        dropped.update(s["dropped"])
+        adjusted.update(s["adjusted"])
+    splits = {}
+    for name in ("train", "eval"):
+        s = data_stats.get(name)
+        if s is None:
+            continue
+        dropped.update(s["dropped"])
+        splits[name] = {
+            "samples": s["read"],
+            "kept": s["kept"],
+            "dropped": s["dropped"],
+            "truncated": s["truncated"],
+            "tokens": s["tokens"],
+            "trained_tokens": s["trained_tokens"],
+            "file": files[name],
+        }
+    return {
+        "read": read,
+        "kept": sum(s["kept"] for s in splits.values()),
+        "dropped": dict(dropped),
+        "adjusted": dict(adjusted),
+        "truncated": sum(s["truncated"] for s in splits.values()),
+        "tokens": sum(s["tokens"] for s in splits.values()),
+        "trained_tokens": sum(s["trained_tokens"] for s in splits.values()),
+        "files": {
+            path: {k: s[k] for k in ("read", "kept", "dropped", "adjusted")}
+            for path, s in data_stats["records"].items()
+        },
+        "splits": splits,
+    }
+
+
+def write_jsonl(dataset: Any, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in dataset:
+            record = {"id": row["id"], "input_ids": row["input_ids"], "labels": row["labels"]}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def preprocess(dcfg: DictConfig) -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .arguments import validate
+    from .data.dataset import build_datasets
+    from .model import load_tokenizer
+    from .run import save_resolved_config
+
+    cfg, options = split_config(dcfg)
+    validate(cfg)
+    if options.show < 0:
+        raise UserError(f"preprocess.show must be >= 0, got {options.show}")
+    out = options.out or HydraConfig.get().runtime.output_dir
+    save_resolved_config(dcfg, out)
+
+    tokenizer = load_tokenizer(cfg.model)
+    # everything is encoded up front here, whatever data.lazy says for training
+    data = build_datasets(replace(cfg.data, lazy=False), tokenizer, seed=cfg.trainer.seed)
+    files = {}
+    for name, dataset in (("train", data.train), ("eval", data.eval)):
+        if dataset is not None:
+            files[name] = os.path.join(out, ENCODED_FILE.format(split=name))
+            write_jsonl(dataset, files[name])
+    stats = {
+        "model": cfg.model.name_or_path,
+        "tokenizer": cfg.model.tokenizer or cfg.model.name_or_path,
+        "template": cfg.data.template.value,
+        "max_length": cfg.data.max_length,
+        **summarize(data.stats, files),
+    }
+    stats_path = os.path.join(out, STATS_FILE)
+    with open(stats_path, "w", encoding="utf-8") as f:
+        json.dump(stats, f, indent=2, ensure_ascii=False)
+
+    if options.show:
+        color = sys.stdout.isatty() if options.color is None else options.color
+        show(tokenizer, data.train, options.show, color)
+    print_summary(stats, stats_path)
+    return stats
+
+
+def show(tokenizer: Any, dataset: Any, n: int, color: bool) -> None:
+    legend = f"{ANSI_TRAINED}like this{ANSI_RESET}" if color else f"{MARK_OPEN}like this{MARK_CLOSE}"
+    print(f"trained tokens (labels != -100) are shown {legend}\n")
+    for i in range(min(n, len(dataset))):
+        row = dataset[i]
+        n_trained = sum(1 for x in row["labels"] if x != -100)
+        print(f"--- sample {i}  id={row['id']}  tokens={len(row['input_ids'])}  trained={n_trained}")
+        print(highlight(tokenizer, row["input_ids"], row["labels"], color))
+        print()
+
+
+def print_summary(stats: dict[str, Any], stats_path: str) -> None:
+    lines = [
+        f"vicuna_sft.preprocess: {stats['read']} records read, {stats['kept']} samples kept"
+        + (f", dropped {stats['dropped']}" if stats["dropped"] else "")
+        + (f", adjusted {stats['adjusted']}" if stats["adjusted"] else ""),
+        f"  template {stats['template']}, max_length {stats['max_length']}, tokenizer {stats['tokenizer']}",
+    ]
+    for name, s in stats["splits"].items():
+        lines.append(
+            f"  {name:<5} {s['kept']} samples, {s['tokens']} tokens, {s['trained_tokens']} trained, "
+            f"{s['truncated']} truncated -> {s['file']}"
+        )
+    lines.append(f"  stats {stats_path}")
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://vicuna_sft.conf", config_name="preprocess")
+def _hydra_main(dcfg: DictConfig) -> dict[str, Any]:
+    try:
+        return preprocess(dcfg)
+    except UserError as e:
+        print(f"vicuna_sft: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console script `vicuna-sft-preprocess` and `python -m vicuna_sft.preprocess`."""
+    register_preprocess_configs()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
