@@ -84,7 +84,7 @@ class Encoder:
             "probe", "System  says hi.", (("Hello! How are you?", "Fine, thanks.\n"), (" Code:", "`x = 1`  "))
         )
         expected = tokenizer(render(probe, self.eos_text)).input_ids
-        got = self.encode(probe).input_ids
+        got = self._encode_untruncated([probe])[0][0]
         if got != expected:
             raise ValueError(
                 f"{type(tokenizer).__name__} ({tokenizer.name_or_path}): segment-wise encoding differs from "
@@ -95,6 +95,13 @@ class Encoder:
         return self.encode_batch([conv])[0]
 
     def encode_batch(self, convs: list[Conversation]) -> list[Encoded]:
+        n = self.max_length
+        return [
+            Encoded(c.id, ids[:n], labels[:n], len(ids) > n)
+            for c, (ids, labels) in zip(convs, self._encode_untruncated(convs))
+        ]
+
+    def _encode_untruncated(self, convs: list[Conversation]) -> list[tuple[list[int], list[int]]]:
         segs = [segments(c) for c in convs]
         firsts = self._first.encode_batch([s[0].text for s in segs], add_special_tokens=False)
         rest_texts = [seg.text for s in segs for seg in s[1:]]
@@ -102,7 +109,7 @@ class Encoder:
             iter(self._rest.encode_batch(rest_texts, add_special_tokens=False)) if rest_texts else iter(())
         )
         out = []
-        for conv, conv_segs, first in zip(convs, segs, firsts):
+        for conv_segs, first in zip(segs, firsts):
             ids, labels = list(self.prefix), [IGNORE_INDEX] * len(self.prefix)
             for k, seg in enumerate(conv_segs):
                 enc = first if k == 0 else next(rests)
@@ -112,6 +119,5 @@ class Encoder:
                 )
                 ids += [*enc.ids, self.eos_id]
                 labels += [IGNORE_INDEX] * n_prompt + enc.ids[n_prompt:] + [self.eos_id]
-            truncated = len(ids) > self.max_length
-            out.append(Encoded(conv.id, ids[: self.max_length], labels[: self.max_length], truncated))
+            out.append((ids, labels))
         return out
