@@ -106,7 +106,7 @@ class DataConfig:
     eval_fraction: float = 0.0  # held out from `path` with trainer.seed when eval_path is None
     template: Template = Template["vicuna_v1.1"]
     max_length: int = 2048
-    padding: Padding = Padding.longest
+    padding: Padding = Padding.packed  # fastest, same math (docs/benchmarks.md); FastChat: max_length
     lazy: bool = False  # encode on access instead of up front
     num_proc: int = 1  # processes for up-front encoding
     on_error: OnError = OnError["raise"]

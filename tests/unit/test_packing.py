@@ -115,3 +115,24 @@ def test_packing_refuses_remote_code():
         check_packing(cfg)
     cfg.data.padding = Padding.longest
     check_packing(cfg)  # padded batches carry their mask: fine
+
+
+def test_packed_collator_silences_only_the_token_count_fallback_warning():
+    import logging
+
+    Collator(pad_id=0, padding=Padding.packed)
+    Collator(pad_id=0, padding=Padding.packed)
+    logger = logging.getLogger("transformers.trainer")
+    assert len([f for f in logger.filters if type(f).__name__ == "_DropTokenCountFallback"]) == 1
+
+    def record(msg):
+        return logging.LogRecord("transformers.trainer", logging.WARNING, __file__, 1, msg, None, None)
+
+    assert not logger.filter(record("Could not determine method to count non-padding tokens, falling back"))
+    assert logger.filter(record("some other warning"))
+
+
+def test_default_padding_is_packed():
+    from vicuna_sft.config import DataConfig
+
+    assert DataConfig(path="x").padding == Padding.packed
