@@ -7,8 +7,10 @@ from omegaconf import DictConfig
 
 from .config import register_configs
 from .errors import UserError
+from .slurm import register_launchers
 
 register_configs()
+register_launchers()  # hydra/launcher=slurm, slurm_local (vicuna_sft/slurm.py)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://vicuna_sft.conf", config_name="config")

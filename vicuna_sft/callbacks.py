@@ -68,7 +68,52 @@ class KillDuringSave(TrainerCallback):
         return control
 
 
+class LayoutReport(TrainerCallback):
+    """Test hook (`VICUNA_SFT_TEST_REPORT=<dir>`): each rank writes `layout_rank<R>.json` with how
+    its parameters are held (DTensor placements, local vs global size) and, at the end, the loss
+    of the in-memory (possibly sharded) model on a fixed text, for comparison with the saved one."""
+
+    TEXT = "USER: What is the capital of France? ASSISTANT: The capital of France is Paris.</s>"
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.report: dict = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from torch.distributed.tensor import DTensor
+
+        params = {}
+        for name, p in model.named_parameters():
+            dt = isinstance(p, DTensor)
+            params[name] = {
+                "dtensor": dt,
+                "placements": [str(x) for x in p.placements] if dt else [],
+                "local_numel": (p.to_local() if dt else p).numel(),
+                "numel": p.numel(),
+            }
+        self.report = {"params": params, "model_class": type(model).__name__}
+        return control
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        import json
+
+        import torch
+
+        batch = processing_class([self.TEXT], return_tensors="pt").to(args.device)
+        with torch.no_grad():
+            loss = model(**batch, labels=batch["input_ids"], use_cache=False).loss
+        self.report["final_loss_fixed_text"] = loss.item()
+        os.makedirs(self.directory, exist_ok=True)
+        with open(os.path.join(self.directory, f"layout_rank{args.process_index}.json"), "w") as f:
+            json.dump(self.report, f, indent=2)
+        return control
+
+
+REPORT_ENV = "VICUNA_SFT_TEST_REPORT"
+
+
 def default_callbacks(fingerprint: dict | None = None) -> list[TrainerCallback]:
     # the test hook first: its on_save must run before the checkpoint is marked complete
     hook = [KillDuringSave(int(os.environ[KILL_IN_SAVE_ENV]))] if os.environ.get(KILL_IN_SAVE_ENV) else []
-    return [*hook, CheckpointCompleteCallback(fingerprint), StopWhenFinished()]
+    report = [LayoutReport(os.environ[REPORT_ENV])] if os.environ.get(REPORT_ENV) else []
+    return [*hook, CheckpointCompleteCallback(fingerprint), StopWhenFinished(), *report]
