@@ -11,8 +11,11 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -58,3 +61,23 @@ def sample_path() -> pathlib.Path:
     from vicuna_sft.tiny import sample_conversations_path
 
     return sample_conversations_path()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tiny_dir: pathlib.Path) -> str:
+    """VICUNA_SFT_CACHE for CLI runs: conf/model/tiny.yaml finds the session's tiny model there."""
+    return str(tiny_dir.parent)
+
+
+@pytest.fixture(scope="session")
+def run_module(cache_dir: str):
+    """`run_module("vicuna_sft", *overrides, cwd=...)`: `python -m <module> ...` as a user runs it,
+    with the session's tiny model as VICUNA_SFT_CACHE."""
+
+    def run(module: str, *args: str, cwd: pathlib.Path, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = {**os.environ, "VICUNA_SFT_CACHE": cache_dir, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(sys.path)
+        cmd = [sys.executable, "-m", module, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+    return run

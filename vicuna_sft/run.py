@@ -1,6 +1,7 @@
 """One training run: compose -> build -> train -> save. The same code for every attention and
 FSDP variant: the variants live in the config and in model.py / arguments.py, never here."""
 
+import copy
 import json
 import logging
 import os
@@ -111,12 +112,11 @@ def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
         shutil.rmtree(partial, ignore_errors=True)
         model = trainer.accelerator.unwrap_model(trainer.model)
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-        use_cache, config_dtype = model.config.use_cache, model.config.dtype
-        model.config.use_cache, model.config.dtype = True, dtype
-        try:
-            model.save_pretrained(partial, state_dict=state_dict)
-        finally:
-            model.config.use_cache, model.config.dtype = use_cache, config_dtype
+        model.save_pretrained(partial, state_dict=state_dict)
+        # save_pretrained records the in-memory dtype; the files hold `dtype`, and inference wants the cache
+        config = copy.deepcopy(model.config)
+        config.dtype, config.use_cache = dtype, True
+        config.save_pretrained(partial)
         tokenizer.chat_template = CHAT_TEMPLATE
         tokenizer.save_pretrained(partial)
         shutil.rmtree(final, ignore_errors=True)

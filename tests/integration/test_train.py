@@ -1,0 +1,149 @@
+"""End to end on the tiny model, through the CLI exactly as a user runs it (CPU, offline)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vicuna_sft.data.collate import Collator, pad_id_for
+from vicuna_sft.data.conversation import Conversation, generation_prompt
+from vicuna_sft.data.encode import Encoder
+from vicuna_sft.data.records import load_conversations
+
+pytestmark = pytest.mark.slow
+
+SMOKE = ["experiment=smoke", "data.padding=longest"]
+
+
+def overrides(out, *extra):
+    return [*SMOKE, f"hydra.run.dir={out}", *extra]
+
+
+def batch_loss(model, batch):
+    with torch.no_grad():
+        return model(**batch, use_cache=False).loss.item()
+
+
+def sample_batch(tokenizer, sample_path, n=8):
+    convs, _ = load_conversations(str(sample_path), skip_errors=False)
+    enc = Encoder(tokenizer, 512)
+    feats = [{"input_ids": e.input_ids, "labels": e.labels} for e in enc.encode_batch(convs[:n])]
+    return Collator(pad_id_for(tokenizer))(feats)
+
+
+def test_train_eval_save_reload(tmp_path, run_module, sample_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "run"
+    r = run_module("vicuna_sft", *overrides(out, "model.save_dtype=bfloat16"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["global_step"] == 40
+    # loss decreases: the tiny model learns the sample's templated tasks
+    assert result["final_train_loss"] < 0.75 * result["first_train_loss"], result
+    state = json.loads((out / "checkpoint-40" / "trainer_state.json").read_text())
+    evals = [e["eval_loss"] for e in state["log_history"] if "eval_loss" in e]
+    assert len(evals) == 2 and evals[1] < evals[0]
+    assert result["eval_loss"] == pytest.approx(evals[1], rel=1e-6)
+    assert "first" in r.stdout and str(out / "final") in r.stdout
+    assert (out / "config.yaml").is_file() and (out / "data_stats.json").is_file()
+
+    # the final directory: bf16 safetensors, use_cache on, the Vicuna chat template
+    final = out / "final"
+    config = json.loads((final / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and config["use_cache"] is True
+    assert {t.dtype for t in load_file(final / "model.safetensors").values()} == {torch.bfloat16}
+    tok = AutoTokenizer.from_pretrained(final)
+    reloaded = AutoModelForCausalLM.from_pretrained(final)
+    assert reloaded.dtype == torch.bfloat16
+    # checkpoint-40 holds the in-memory model's final weights (fp32): cast to the saved dtype they
+    # are bit-identical to the saved ones and give the same loss (loaded with dtype=, so that
+    # fp32-only buffers such as RoPE's inv_freq stay fp32 as in any bf16 load)
+    trained = load_file(out / "checkpoint-40" / "model.safetensors")
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, trained[name].to(torch.bfloat16)), name
+    in_memory = AutoModelForCausalLM.from_pretrained(out / "checkpoint-40", dtype=torch.bfloat16)
+    batch = sample_batch(tok, sample_path)
+    assert batch_loss(reloaded, batch) == batch_loss(in_memory, batch)
+
+    # inference tokenizes like training
+    history, user = [("What is 2 plus 2?", "2 plus 2 is 4.")], "And 3 plus 3?"
+    messages = [{"role": r, "content": c} for u, a in history for r, c in (("user", u), ("assistant", a))]
+    messages.append({"role": "user", "content": user})
+    from vicuna_sft.data.conversation import VICUNA_SYSTEM
+
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == tok.bos_token + generation_prompt(VICUNA_SYSTEM, history, user)
+    full = [*messages, {"role": "assistant", "content": "3 plus 3 is 6."}]
+    ids = tok.apply_chat_template(full, tokenize=True, return_dict=True)["input_ids"]
+    conv = Conversation("t", VICUNA_SYSTEM, (*history, (user, "3 plus 3 is 6.")))
+    assert ids == Encoder(tok, 512).encode(conv).input_ids
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, run_module, cache_dir):
+    common = [
+        "trainer.max_steps=240",
+        "trainer.save_steps=40",
+        "trainer.eval_strategy=no",
+        "trainer.resume=auto",
+    ]
+    straight = tmp_path / "straight"
+    r = run_module("vicuna_sft", *overrides(straight, *common), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    # the same command, killed (SIGKILL) once a checkpoint is complete, then run again
+    crashed = tmp_path / "crashed"
+    env = {**os.environ, "VICUNA_SFT_CACHE": cache_dir, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "vicuna_sft", *overrides(crashed, *common)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (crashed / "checkpoint-40" / "COMPLETE").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps = sorted(int(p.name.split("-")[1]) for p in crashed.glob("checkpoint-*"))
+    assert steps and max(steps) < 240, steps  # the kill really cut the run short
+    assert not (crashed / "final").exists()
+
+    r = run_module("vicuna_sft", *overrides(crashed, *common), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((crashed / "result.json").read_text())
+    assert result["resumed_from"] is not None and result["global_step"] == 240
+    a, b = (load_file(d / "final" / "model.safetensors") for d in (straight, crashed))
+    assert a.keys() == b.keys()
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff <= 1e-6, diff
+
+
+def test_lr_multirun_isolated_jobs_and_summary(tmp_path, run_module):
+    sweep = tmp_path / "sweep"
+    short = ["trainer.max_steps=12", "trainer.save_steps=12", "trainer.eval_steps=12"]
+    r = run_module(
+        "vicuna_sft", "-m", *SMOKE, *short, "optimizer.lr=1e-3,3e-3", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [row["job"] for row in rows] == ["0", "1"]
+    assert [row["status"] for row in rows] == ["completed", "completed"]
+    assert "optimizer.lr=0.001" in rows[0]["overrides"] and "optimizer.lr=0.003" in rows[1]["overrides"]
+    assert (sweep / "summary.csv").read_text().count("\n") == 3
+    for row, job in zip(rows, ("0", "1")):
+        assert row["output_dir"] == str(sweep / job)
+        assert (sweep / job / "final" / "model.safetensors").is_file()
+        assert row["eval_loss"] is not None and row["final_train_loss"] is not None
+    assert rows[0]["final_train_loss"] != rows[1]["final_train_loss"]
+
+    # the second job behaves exactly as it would alone (no state leaked from the first)
+    alone = tmp_path / "alone"
+    r = run_module("vicuna_sft", *overrides(alone, *short, "optimizer.lr=3e-3"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    solo = json.loads((alone / "result.json").read_text())
+    assert solo["final_train_loss"] == rows[1]["final_train_loss"]
+    assert solo["eval_loss"] == rows[1]["eval_loss"]
