@@ -87,7 +87,7 @@ class LayoutReport(TrainerCallback):
             dt = isinstance(p, DTensor)
             params[name] = {
                 "dtensor": dt,
-                "placements": [str(x) for x in p.placements] if dt else [],
+                "placements": [repr(x) for x in p.placements] if dt else [],
                 "local_numel": (p.to_local() if dt else p).numel(),
                 "numel": p.numel(),
             }

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from typing import Any
 
 from .errors import UserError
@@ -56,6 +57,7 @@ def resolve_resume(
         return None
     if resume == "auto":
         path = latest_complete(output_dir)
+        discard_incomplete(output_dir, after=path)
     elif not os.path.isdir(resume):
         raise UserError(f"trainer.resume: checkpoint directory not found: {resume}")
     elif not is_complete(resume):
@@ -65,6 +67,18 @@ def resolve_resume(
     if path and fingerprint is not None:
         check_compatible(path, fingerprint, allow_change)
     return path
+
+
+def discard_incomplete(output_dir: str, after: str | None) -> None:
+    """Rank 0 removes the half-written checkpoints newer than the one resumed from, so the rerun
+    writes them afresh instead of into a directory holding a crashed write's files."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    start = int(_CKPT.match(os.path.basename(after)).group(1)) if after else -1
+    for step, path in checkpoints(output_dir):
+        if step > start and not is_complete(path):
+            log.warning("removing incomplete checkpoint %s (a crash interrupted its write)", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def run_fingerprint(cfg: Any, world_size: int) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import logging
 import os
 import socket
 import sys
-import time
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -114,11 +113,14 @@ def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
     from .summary import RESULT_FILE
 
     d = cfg.distributed
+    if d.nnodes > 1 and not d.rdzv_endpoint:
+        raise LaunchError("distributed.nnodes > 1 needs distributed.rdzv_endpoint=<host of node 0>:<port>")
     out = os.path.abspath(cfg.trainer.output_dir)
     os.makedirs(out, exist_ok=True)
     body = resolved_body(dcfg)
     body["trainer"]["output_dir"] = out
-    path = os.path.join(out, WORKER_CONFIG)
+    name = WORKER_CONFIG if d.node_rank == 0 else WORKER_CONFIG.replace(".yaml", f".node{d.node_rank}.yaml")
+    path = os.path.join(out, name)
     tmp = f"{path}.{os.getpid()}.tmp"
     OmegaConf.save(OmegaConf.create(body), tmp)
     os.replace(tmp, path)
@@ -126,8 +128,6 @@ def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
     if d.node_rank == 0 and os.path.exists(result_file):
         os.remove(result_file)  # the result of an earlier run of this directory is not this one's
 
-    if d.nnodes > 1 and not d.rdzv_endpoint:
-        raise LaunchError("distributed.nnodes > 1 needs distributed.rdzv_endpoint=<host of node 0>:<port>")
     endpoint = d.rdzv_endpoint or f"127.0.0.1:{free_port()}"
     run_id = d.rdzv_id or "vicuna_sft-" + hashlib.sha1(out.encode()).hexdigest()[:12]
     rdzv_configs: dict[str, Any] = {"timeout": 900}
@@ -244,6 +244,7 @@ def enter_worker(dcfg: DictConfig) -> str:
     """Tie this process to its launcher; stop unless every rank resolved the same config.
     Returns this rank's config hash (logged)."""
     body = resolved_body(dcfg)
+    body.get("distributed", {}).pop("node_rank", None)  # the one field that differs between nodes
     digest = config_hash(body)
     if world_size() < 2:
         return digest
@@ -275,19 +276,28 @@ class RankAwareHydra(Callback):
     """Under torchrun every rank runs Hydra: one run directory (rank 0's), one `.hydra/`."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        node = OmegaConf.select(config, "distributed.node_rank", default=0)
+        if not is_worker() and node:  # the launcher of another node of a multi-node self-launch
+            self._quiet(config, str(config.hydra.run.dir), f"node{node}")
         if world_size() < 2:
             return
         # rank 0 resolves the run dir (a `${now:}` in it included) once; the others take its value
         run_dir = exchange("run_dir", str(config.hydra.run.dir) if rank() == 0 else "")[0]
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.run.dir = run_dir
-            if rank() > 0:
-                config.hydra.output_subdir = None
-                handlers = OmegaConf.select(config, "hydra.job_logging.handlers") or {}
-                if "file" in handlers:
-                    config.hydra.job_logging.handlers.file.filename = (
-                        f"{run_dir}/{config.hydra.job.name}_rank{rank()}.log"
-                    )
+        if rank() > 0:
+            self._quiet(config, run_dir, f"rank{rank()}")
+
+    @staticmethod
+    def _quiet(config: DictConfig, run_dir: str, who: str) -> None:
+        """No `.hydra/` from this process, and its own log file."""
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.output_subdir = None
+            handlers = OmegaConf.select(config, "hydra.job_logging.handlers") or {}
+            if "file" in handlers:
+                config.hydra.job_logging.handlers.file.filename = (
+                    f"{run_dir}/{config.hydra.job.name}_{who}.log"
+                )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if world_size() > 1 or is_worker():
@@ -295,12 +305,3 @@ class RankAwareHydra(Callback):
                 "a Hydra sweep (-m) under torchrun would run every job in every rank; sweep with "
                 "`python -m vicuna_sft -m distributed.nproc_per_node=N ...` instead (one launch per job)"
             )
-
-
-def wait_for(path: str, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            return True
-        time.sleep(0.05)
-    return False

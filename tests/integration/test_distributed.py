@@ -1,0 +1,405 @@
+"""Distributed training with real processes on CPU (gloo): torchrun, self-launch through torch's
+elastic launcher, two nodes on localhost, SLURM through submitit's local executor, sweeps, and
+crash safety (SIGKILL of the process group, of the launcher alone, and in the middle of a save).
+
+Reference runs (module-scoped, shared by the tests), all with the same global batch of 4:
+- `single`: 1 process, 4 per device;
+- `ddp`: torchrun, 2 ranks x 2 per device, fsdp=ddp;
+- `fsdp`: `python -m vicuna_sft distributed.nproc_per_node=2`, fsdp=full_shard with sharded
+  intermediate checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+STEPS, SAVE = 8, 2
+COMMON = [
+    f"trainer.max_steps={STEPS}",
+    f"trainer.save_steps={SAVE}",
+    "trainer.save_total_limit=null",
+    "trainer.logging_steps=1",
+    "trainer.global_batch_size=4",
+    "data.eval_fraction=0",
+    "optimizer.lr=3e-3",
+]
+TWO = ["trainer.per_device_train_batch_size=2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Runner:
+    def __init__(self, root: pathlib.Path, cache: pathlib.Path):
+        self.root = root
+        self.env = {
+            **os.environ,
+            "VICUNA_SFT_CACHE": str(cache),
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+            self.env.pop(k, None)
+
+    def start(self, args: list[str], log: str, env: dict | None = None, torchrun: bool = False):
+        cmd = [sys.executable, "-m"]
+        cmd += ["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"] if torchrun else []
+        cmd += ["vicuna_sft", *args]
+        out = open(self.root / log, "w")  # noqa: SIM115 (closed by the caller through wait)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=self.root,
+            env={**self.env, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        proc.log_path = self.root / log  # type: ignore[attr-defined]
+        return proc
+
+    def run(
+        self, args: list[str], log: str, env: dict | None = None, torchrun: bool = False, ok: bool = True
+    ):
+        proc = self.start(args, log, env, torchrun)
+        try:
+            proc.wait(timeout=240)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        text = (self.root / log).read_text()
+        if ok:
+            assert proc.returncode == 0, text[-4000:]
+        return proc.returncode, text
+
+
+def losses(run_dir: pathlib.Path) -> dict[int, float]:
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
+
+
+def weights(model_dir: pathlib.Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def max_weight_diff(a: pathlib.Path, b: pathlib.Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
+
+
+def complete(run_dir: pathlib.Path) -> list[int]:
+    return sorted(
+        int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*") if (p / "COMPLETE").is_file()
+    )
+
+
+def wait_until(pred, timeout: float, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended early:\n{proc.log_path.read_text()[-3000:]}")
+        time.sleep(0.005)
+    raise AssertionError("timed out")
+
+
+def descendants(pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def alive(pids: list[int]) -> list[int]:
+    import psutil
+
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_dir, tmp_path_factory) -> Runner:
+    return Runner(tmp_path_factory.mktemp("dist"), tiny_dir.parent)
+
+
+@pytest.fixture(scope="module")
+def refs(runner: Runner) -> dict[str, pathlib.Path]:
+    r = runner.root
+    report = {k: str(r / f"report_{k}") for k in ("single", "ddp", "fsdp")}
+    runner.run(
+        [*COMMON, "trainer.per_device_train_batch_size=4", f"hydra.run.dir={r}/single"],
+        "single.log",
+        env={"VICUNA_SFT_TEST_REPORT": report["single"]},
+    )
+    # torchrun; `${now:}` with microseconds in the run dir: the ranks must still agree on one directory
+    runner.run(
+        [*COMMON, *TWO, "fsdp=ddp", f"hydra.run.dir={r}/ddp_" + "${now:%H-%M-%S-%f}"],
+        "ddp.log",
+        env={"VICUNA_SFT_TEST_REPORT": report["ddp"]},
+        torchrun=True,
+    )
+    runner.run(
+        [*COMMON, *TWO, *FSDP, "distributed.nproc_per_node=2", f"hydra.run.dir={r}/fsdp"],
+        "fsdp.log",
+        env={"VICUNA_SFT_TEST_REPORT": report["fsdp"]},
+    )
+    (ddp_dir,) = r.glob("ddp_*")
+    return {
+        "single": r / "single",
+        "ddp": ddp_dir,
+        "fsdp": r / "fsdp",
+        **{f"report_{k}": pathlib.Path(v) for k, v in report.items()},
+    }
+
+
+FSDP = ["fsdp=full_shard", "fsdp.state_dict_type=sharded"]
+
+
+def layout(refs, name: str, rank: int) -> dict:
+    return json.loads((refs[f"report_{name}"] / f"layout_rank{rank}.json").read_text())
+
+
+def test_full_shard_params_are_dtensors_sharded_on_dim0(refs):
+    r0, r1 = layout(refs, "fsdp", 0), layout(refs, "fsdp", 1)
+    assert r0["params"].keys() == r1["params"].keys() and len(r0["params"]) > 10
+    for name, p0 in r0["params"].items():
+        p1 = r1["params"][name]
+        assert p0["dtensor"] and p1["dtensor"], name
+        assert p0["placements"] == p1["placements"] == ["Shard(dim=0)"], name
+        assert p0["local_numel"] + p1["local_numel"] == p0["numel"], name
+        assert 0.4 * p0["numel"] <= p0["local_numel"] <= 0.6 * p0["numel"], name
+    total_local = sum(p["local_numel"] for p in r0["params"].values())
+    total = sum(p["numel"] for p in r0["params"].values())
+    assert abs(total_local / total - 0.5) < 0.01  # ~1/N of every tensor per rank
+
+
+def test_ddp_params_are_full_replicas(refs):
+    for rank in (0, 1):
+        for name, p in layout(refs, "ddp", rank)["params"].items():
+            assert not p["dtensor"] and p["local_numel"] == p["numel"], name
+
+
+def test_per_step_loss_matches_single_rank(refs):
+    single = losses(refs["single"])
+    assert sorted(single) == list(range(1, STEPS + 1))
+    for name in ("ddp", "fsdp"):
+        other = losses(refs[name])
+        assert other.keys() == single.keys()
+        worst = max(abs(other[s] - single[s]) for s in single)
+        print(f"max per-step |dloss| {name} (2 ranks) vs single: {worst:.2e}")
+        assert worst <= 1e-4, (name, single, other)
+
+
+def test_final_model_reloads_with_the_in_memory_loss(refs):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from vicuna_sft.callbacks import LayoutReport
+
+    for name in ("single", "ddp", "fsdp"):
+        final = refs[name] / "final"
+        model = AutoModelForCausalLM.from_pretrained(final)
+        tok = AutoTokenizer.from_pretrained(final)
+        batch = tok([LayoutReport.TEXT], return_tensors="pt")
+        with torch.no_grad():
+            loss = model(**batch, labels=batch["input_ids"], use_cache=False).loss.item()
+        in_memory = layout(refs, name, 0)["final_loss_fixed_text"]
+        assert abs(loss - in_memory) < 1e-5, (name, loss, in_memory)
+    # sharded and replicated training end at the same weights
+    assert max_weight_diff(refs["ddp"] / "final", refs["fsdp"] / "final") < 1e-4
+
+
+def test_checkpoints_are_complete_and_sharded_under_sharded_state_dict(refs):
+    for name in ("single", "ddp", "fsdp"):
+        assert complete(refs[name]) == list(range(SAVE, STEPS + 1, SAVE)), name
+        assert (refs[name] / f"checkpoint-{SAVE}" / "vicuna_sft_run.json").is_file()
+    assert (refs["fsdp"] / f"checkpoint-{SAVE}" / "pytorch_model_fsdp_0").is_dir()
+
+
+def test_one_run_dir_and_one_hydra_dir_per_run(runner, refs):
+    # torchrun resolved `${now:...%f}` once: a single ddp_* directory, .hydra/ from rank 0 only
+    assert len(list(runner.root.glob("ddp_*"))) == 1
+    ddp = refs["ddp"]
+    assert (ddp / ".hydra" / "config.yaml").is_file()
+    assert (ddp / "vicuna_sft_rank1.log").is_file()
+    assert "rank 1/2 config sha256" in (ddp / "vicuna_sft_rank1.log").read_text()
+    # self-launch: Hydra ran once (in the launcher); workers wrote no run directory of their own
+    assert not (runner.root / "outputs").exists()
+    assert (refs["fsdp"] / ".hydra").is_dir()
+
+
+def test_kill_process_group_at_a_random_step_then_resume(runner, refs):
+    run_dir = runner.root / "killed_fsdp"
+    args = [*COMMON, *TWO, *FSDP, "distributed.nproc_per_node=2", f"hydra.run.dir={run_dir}"]
+    k = random.choice(range(SAVE, STEPS, SAVE))
+    proc = runner.start(args, "killed_fsdp.log")
+    workers: list[int] = []
+
+    def checkpoint_k() -> bool:
+        workers.extend(p for p in descendants(proc.pid) if p not in workers)
+        return (run_dir / f"checkpoint-{k}" / "COMPLETE").is_file()
+
+    wait_until(checkpoint_k, 180, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert complete(run_dir) and max(complete(run_dir)) < STEPS, "the kill must cut the run short"
+    wait_until(lambda: not alive(workers), 15)
+    latest = max(complete(run_dir))
+    runner.run(args, "killed_fsdp_resume.log")
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["resumed_from"].endswith(f"checkpoint-{latest}") and result["global_step"] == STEPS
+    diff = max_weight_diff(run_dir / "final", refs["fsdp"] / "final")
+    print(
+        f"kill at checkpoint-{k} (latest complete {latest}), resume: max |dw| vs uninterrupted = {diff:.2e}"
+    )
+    assert diff <= 1e-6
+
+
+def test_kill_during_save_then_kill_launcher_alone_then_resume(runner, refs):
+    run_dir = runner.root / "crashy_ddp"
+    args = [*COMMON, *TWO, "fsdp=ddp", "distributed.nproc_per_node=2", f"hydra.run.dir={run_dir}"]
+    # 1. rank 0 SIGKILLed while writing checkpoint-4 (the weights are on disk, the rest is not)
+    code, _ = runner.run(args, "crashy_1.log", env={"VICUNA_SFT_TEST_KILL_IN_SAVE": "4"}, ok=False)
+    assert code != 0
+    half = run_dir / "checkpoint-4"
+    assert half.is_dir() and not (half / "COMPLETE").exists()
+    print("files of the checkpoint killed mid-write:", sorted(p.name for p in half.iterdir()))
+    assert complete(run_dir) == [2]
+    # 2. rerun: resumes from checkpoint-2, never the half-written one; SIGKILL the launcher alone
+    proc = runner.start(args, "crashy_2.log")
+    wait_until(lambda: (half / "COMPLETE").is_file(), 180, proc)
+    workers = descendants(proc.pid)
+    assert len(workers) >= 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    wait_until(lambda: not alive(workers), 15)  # PR_SET_PDEATHSIG: no orphaned workers
+    assert "resuming from " + str(run_dir / "checkpoint-2") in proc.log_path.read_text()
+    # 3. rerun to the end: the same weights as the uninterrupted run
+    runner.run(args, "crashy_3.log")
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["global_step"] == STEPS and int(result["resumed_from"].rsplit("-", 1)[1]) >= 4
+    diff = max_weight_diff(run_dir / "final", refs["ddp"] / "final")
+    print(f"kill in save + launcher kill, resume: max |dw| vs uninterrupted = {diff:.2e}")
+    assert diff <= 1e-6
+
+
+def test_resume_at_max_steps_trains_no_extra_step_and_config_changes_are_refused(runner, refs):
+    single = refs["single"]
+    args = [*COMMON, "trainer.per_device_train_batch_size=4", f"hydra.run.dir={single}"]
+    before = weights(single / "final")
+    code, text = runner.run([*args, "data.max_length=256"], "refused.log", ok=False)
+    assert code == 1 and "refusing to resume" in text
+    assert "data.max_length: 512 in the checkpoint, 256 now" in text
+    runner.run([*args, "data.max_length=256", "trainer.resume_on_config_change=true"], "again.log")
+    result = json.loads((single / "result.json").read_text())
+    assert result["global_step"] == STEPS and result["resumed_from"].endswith(f"checkpoint-{STEPS}")
+    assert not (single / f"checkpoint-{STEPS + 1}").exists()
+    after = weights(single / "final")
+    assert all((before[k] == after[k]).all() for k in before)
+
+
+def test_two_nodes_on_localhost(runner, refs):
+    run_dir = runner.root / "two_nodes"
+    port = free_port()
+    nodes = [
+        runner.start(
+            [
+                *COMMON,
+                *TWO,
+                "fsdp=ddp",
+                "distributed.nnodes=2",
+                "distributed.nproc_per_node=1",
+                f"distributed.node_rank={n}",
+                f"distributed.rdzv_endpoint=127.0.0.1:{port}",
+                f"hydra.run.dir={run_dir}",
+            ],
+            f"node{n}.log",
+        )
+        for n in (0, 1)
+    ]
+    for p in nodes:
+        p.wait(240)
+    assert [p.returncode for p in nodes] == [0, 0], [p.log_path.read_text()[-3000:] for p in nodes]
+    ref, got = losses(refs["ddp"]), losses(run_dir)
+    assert got.keys() == ref.keys() and max(abs(got[s] - ref[s]) for s in ref) <= 1e-6
+    assert max_weight_diff(run_dir / "final", refs["ddp"] / "final") <= 1e-6
+
+
+def test_sweep_of_distributed_jobs_has_one_summary(runner):
+    sweep = runner.root / "sweep"
+    runner.run(
+        [
+            "-m",
+            "distributed.nproc_per_node=2",
+            "optimizer.lr=0.001,0.003",
+            "trainer.max_steps=3",
+            "trainer.save_strategy=no",
+            "trainer.logging_steps=1",
+            "data.eval_fraction=0",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        "sweep.log",
+    )
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [r["job"] for r in rows] == ["0", "1"] and {r["status"] for r in rows} == {"completed"}
+    assert "optimizer.lr=0.001" in rows[0]["overrides"] and "optimizer.lr=0.003" in rows[1]["overrides"]
+    assert rows[0]["final_train_loss"] != rows[1]["final_train_loss"]
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "result.json").read_text())["global_step"] == 3
+        assert (sweep / job / ".hydra").is_dir() and (sweep / job / "worker_config.yaml").is_file()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_slurm_path_with_submitit_local(runner):
+    sweep = runner.root / "slurm"
+    runner.run(
+        [
+            "-m",
+            "hydra/launcher=slurm_local",
+            "hydra.launcher.tasks_per_node=2",
+            "fsdp=full_shard",
+            "trainer.max_steps=3",
+            "trainer.save_strategy=no",
+            "trainer.logging_steps=1",
+            "data.eval_fraction=0",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        "slurm.log",
+        env={"MASTER_PORT": str(free_port())},
+    )
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["global_step"] == 3
+    job = sweep / "0"
+    assert (job / ".hydra").is_dir()
+    rank1 = (job / "vicuna_sft_rank1.log").read_text()
+    assert "rank 1/2 config sha256" in rank1 and "FSDP2 enabled on CPU" in rank1
+
+
+def test_ranks_with_different_configs_stop_with_a_clear_error(runner):
+    code, text = runner.run(
+        ["trainer.seed=${oc.env:LOCAL_RANK}", f"hydra.run.dir={runner.root}/mismatch"],
+        "mismatch.log",
+        torchrun=True,
+        ok=False,
+    )
+    assert code != 0
+    assert "the ranks resolved different configs" in text
+    assert re.search(r"trainer.seed: rank 0 has '?0'?, rank 1 has '?1'?", text), text[-3000:]

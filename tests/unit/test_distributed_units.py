@@ -1,0 +1,158 @@
+"""Fast checks of the distributed pieces that need no second process: the FSDP group's mapping
+to FSDP2 arguments and its refusals, the CPU FSDP adaptation's version guard, the resume
+fingerprint, and rank/launch bookkeeping. Multi-process behaviour: tests/integration/test_distributed.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from vicuna_sft import checkpoint, distributed, fsdp_cpu
+from vicuna_sft.arguments import ConfigError, fsdp_arguments
+from vicuna_sft.config import FsdpStrategy, register_configs, to_config
+from vicuna_sft.errors import UserError
+
+WRAP = ["LlamaDecoderLayer"]
+
+
+@pytest.fixture(scope="module")
+def make(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="vicuna_sft.conf", version_base="1.3"):
+        yield lambda *o: to_config(compose("config", overrides=[f"trainer.output_dir={out}", *o]))
+    GlobalHydra.instance().clear()
+
+
+def test_every_strategy_has_its_option_file(make):
+    for s in FsdpStrategy:
+        assert make(f"fsdp={s.value}").fsdp.strategy == s
+
+
+@pytest.mark.parametrize("strategy", ["none", "ddp"])
+def test_none_and_ddp_need_no_fsdp_arguments(make, strategy):
+    assert fsdp_arguments(make(f"fsdp={strategy}"), WRAP, world_size=8) == {}
+
+
+def test_full_shard_and_shard_grad_op_differ_in_resharding_only(make):
+    full = fsdp_arguments(make("fsdp=full_shard"), WRAP, world_size=2)
+    grad_op = fsdp_arguments(make("fsdp=shard_grad_op"), WRAP, world_size=2)
+    assert full["fsdp"] is True and full["fsdp_config"]["version"] == 2
+    assert full["fsdp_config"]["reshard_after_forward"] is True
+    assert grad_op["fsdp_config"]["reshard_after_forward"] is False
+    assert {k: v for k, v in full["fsdp_config"].items() if k != "reshard_after_forward"} == {
+        k: v for k, v in grad_op["fsdp_config"].items() if k != "reshard_after_forward"
+    }
+    assert full["fsdp_config"]["transformer_layer_cls_to_wrap"] == WRAP
+
+
+def test_activation_checkpointing_field(make):
+    assert fsdp_arguments(make("fsdp=full_shard"), WRAP)["fsdp_config"]["activation_checkpointing"] is False
+    on = make("fsdp=full_shard", "fsdp.activation_checkpointing=true")
+    assert fsdp_arguments(on, WRAP)["fsdp_config"]["activation_checkpointing"] is True
+    via_model = make("fsdp=full_shard", "model.activation_checkpointing=true")
+    assert fsdp_arguments(via_model, WRAP)["fsdp_config"]["activation_checkpointing"] is True
+    off = make(
+        "fsdp=full_shard", "model.activation_checkpointing=true", "fsdp.activation_checkpointing=false"
+    )
+    assert fsdp_arguments(off, WRAP)["fsdp_config"]["activation_checkpointing"] is False
+
+
+def test_hybrid_shard_needs_nodes_with_several_ranks(make):
+    cfg = make("fsdp=hybrid_shard")
+    args = fsdp_arguments(cfg, WRAP, world_size=16, nnodes=2)
+    assert args["parallelism_config"] == {"dp_replicate_size": 2, "dp_shard_size": 8}
+    for world, nodes in [(8, 1), (2, 2), (6, 4)]:
+        with pytest.raises(ConfigError, match=r"fsdp=hybrid_shard .* needs >= 2 nodes"):
+            fsdp_arguments(cfg, WRAP, world_size=world, nnodes=nodes)
+
+
+def test_offload_is_gpu_only(make):
+    cfg = make("fsdp=full_shard_offload")
+    assert fsdp_arguments(cfg, WRAP, cuda_available=True)["fsdp_config"]["cpu_offload"] is True
+    with pytest.raises(ConfigError, match=r"fsdp=full_shard_offload .* needs CUDA"):
+        fsdp_arguments(cfg, WRAP, cuda_available=False)
+
+
+def test_cpu_fsdp_adaptation_refuses_untested_accelerate():
+    fsdp_cpu.check_version("1.15.0")
+    for version in ("1.9.0", "1.16.0", "2.0.0"):
+        with pytest.raises(fsdp_cpu.UnsupportedAccelerate, match="Refusing rather than silently"):
+            fsdp_cpu.check_version(version)
+
+
+def test_fingerprint_names_what_changed(make, tmp_path):
+    base = make()
+    fp = checkpoint.run_fingerprint(base, world_size=1)
+    assert fp["global_batch_size"] == base.trainer.per_device_train_batch_size
+    ckpt = tmp_path / "checkpoint-4"
+    ckpt.mkdir()
+    checkpoint.write_fingerprint(str(ckpt), fp)
+    checkpoint.check_compatible(str(ckpt), fp, allow_change=False)  # same config: fine
+    # the same global batch from another layout is the same math
+    same = make("trainer.global_batch_size=8", "trainer.per_device_train_batch_size=2")
+    other = make("trainer.global_batch_size=8", "trainer.per_device_train_batch_size=4")
+    assert checkpoint.run_fingerprint(same, 4) == checkpoint.run_fingerprint(other, 2)
+    changed = checkpoint.run_fingerprint(
+        make("data.max_length=128", "trainer.per_device_train_batch_size=4"), 1
+    )
+    with pytest.raises(UserError) as e:
+        checkpoint.check_compatible(str(ckpt), changed, allow_change=False)
+    assert "data.max_length: 512 in the checkpoint, 128 now" in str(e.value)
+    assert "global_batch_size: 2 in the checkpoint, 4 now" in str(e.value)
+    assert "resume_on_config_change=true" in str(e.value)
+    checkpoint.check_compatible(str(ckpt), changed, allow_change=True)  # told to: warns only
+
+
+def test_resume_ignores_and_removes_incomplete_checkpoints(tmp_path):
+    for step in (2, 4, 6):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        if step < 6:
+            checkpoint.mark_complete(str(d), step)
+    (tmp_path / "checkpoint-6" / "trainer_state.json").unlink()  # killed mid-write
+    assert checkpoint.resolve_resume("auto", str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    assert not (tmp_path / "checkpoint-6").exists()
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        (tmp_path / "checkpoint-8").mkdir()
+        checkpoint.resolve_resume(str(tmp_path / "checkpoint-8"), str(tmp_path))
+
+
+def test_alone_means_no_store_and_no_checks(make, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.exchange("x", "v") == ["v"]
+    assert distributed.launcher_store() is None
+
+
+def test_layout_must_match_the_external_launcher(make, monkeypatch):
+    cfg = make("distributed.nproc_per_node=4")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(distributed.LaunchError, match=r"nproc_per_node=4 .* started 2 per node"):
+        distributed.check_layout(cfg)
+    distributed.check_layout(make())  # no distributed.* override: the launcher decides
+
+
+def test_multi_node_self_launch_needs_an_endpoint(make):
+    from omegaconf import OmegaConf
+
+    cfg = make("distributed.nnodes=2")
+    with pytest.raises(distributed.LaunchError, match="rdzv_endpoint"):
+        distributed.launch(OmegaConf.structured(cfg), cfg)
+
+
+def test_distributed_module_imports_no_torch():
+    code = "import sys, vicuna_sft.distributed, vicuna_sft.slurm; assert 'torch' not in sys.modules"
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )
