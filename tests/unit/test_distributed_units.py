@@ -156,3 +156,29 @@ def test_distributed_module_imports_no_torch():
     subprocess.run(
         [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     )
+
+
+def fake_trainer(device: str = "cpu", processes: int = 2, fsdp: bool = True, distributed_type=None):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    state = SimpleNamespace(
+        device=SimpleNamespace(type=device),
+        num_processes=processes,
+        distributed_type=distributed_type or DistributedType.MULTI_CPU,
+    )
+    return SimpleNamespace(
+        accelerator=SimpleNamespace(state=state), args=SimpleNamespace(fsdp_plugin_args={} if fsdp else None)
+    )
+
+
+def test_cpu_fsdp_adaptation_applies_only_where_accelerate_would_downgrade():
+    from accelerate.utils import DistributedType
+
+    assert fsdp_cpu.needed(fake_trainer())  # CPU, 2 ranks, FSDP asked, accelerate chose DDP
+    assert not fsdp_cpu.needed(fake_trainer(device="cuda", distributed_type=DistributedType.FSDP))
+    assert not fsdp_cpu.needed(fake_trainer(device="cuda", distributed_type=DistributedType.MULTI_GPU))
+    assert not fsdp_cpu.needed(fake_trainer(processes=1))
+    assert not fsdp_cpu.needed(fake_trainer(fsdp=False))
+    assert not fsdp_cpu.needed(fake_trainer(distributed_type=DistributedType.FSDP))  # a future accelerate
