@@ -69,6 +69,11 @@ class StateDictType(str, Enum):
     sharded = "SHARDED_STATE_DICT"
 
 
+class RdzvBackend(str, Enum):
+    c10d = "c10d"  # ranks assigned by the rendezvous (torchrun's default)
+    static = "static"  # node ranks fixed by distributed.node_rank
+
+
 class Strategy(str, Enum):
     no = "no"
     steps = "steps"
@@ -149,7 +154,7 @@ class DistributedConfig:
     nproc_per_node: int = 1
     nnodes: int = 1
     node_rank: int = 0  # used with rdzv_backend=static; c10d assigns ranks itself
-    rdzv_backend: str = "c10d"  # c10d | static
+    rdzv_backend: RdzvBackend = RdzvBackend.c10d
     rdzv_endpoint: str | None = None  # host:port; None: localhost on a free port (single node only)
     rdzv_id: str | None = None  # shared by all nodes of one job; None: derived from the run directory
     max_restarts: int = 0

@@ -26,7 +26,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .config import Config, to_config
+from .arguments import validate
+from .config import Config, RdzvBackend, to_config
 from .errors import UserError
 
 log = logging.getLogger("vicuna_sft")
@@ -86,6 +87,7 @@ def check_layout(cfg: Config) -> None:
 def entry(dcfg: DictConfig) -> dict[str, Any]:
     """What `python -m vicuna_sft` does with a composed config."""
     cfg = to_config(dcfg)
+    validate(cfg)  # bad values fail here, before torch is even imported
     check_layout(cfg)
     if requested_processes(cfg) > 1 and not is_worker():
         return launch(dcfg, cfg)
@@ -131,14 +133,14 @@ def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
     endpoint = d.rdzv_endpoint or f"127.0.0.1:{free_port()}"
     run_id = d.rdzv_id or "vicuna_sft-" + hashlib.sha1(out.encode()).hexdigest()[:12]
     rdzv_configs: dict[str, Any] = {"timeout": 900}
-    if d.rdzv_backend == "static":
+    if d.rdzv_backend == RdzvBackend.static:
         rdzv_configs["rank"] = d.node_rank
     config = LaunchConfig(
         min_nodes=d.nnodes,
         max_nodes=d.nnodes,
         nproc_per_node=d.nproc_per_node,
         run_id=run_id,
-        rdzv_backend=d.rdzv_backend,
+        rdzv_backend=d.rdzv_backend.value,
         rdzv_endpoint=endpoint,
         rdzv_configs=rdzv_configs,
         max_restarts=d.max_restarts,
@@ -147,9 +149,9 @@ def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
     log.info(
         "launching %d worker(s) on this node (node %s of %d, rendezvous %s %s, run id %s), output %s",
         d.nproc_per_node,
-        d.node_rank if d.rdzv_backend == "static" else "auto",
+        d.node_rank if d.rdzv_backend == RdzvBackend.static else "auto",
         d.nnodes,
-        d.rdzv_backend,
+        d.rdzv_backend.value,
         endpoint,
         run_id,
         out,

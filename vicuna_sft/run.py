@@ -15,7 +15,7 @@ from .checkpoint import resolve_resume, run_fingerprint, train
 from .config import Config, Dtype, Precision, to_config
 from .data.conversation import CHAT_TEMPLATE
 from .data.dataset import build_datasets
-from .distributed import enter_worker
+from .distributed import enter_worker, rank, world_size
 from .model import load_model, load_tokenizer
 from .summary import RESULT_FILE
 
@@ -64,14 +64,10 @@ def run(dcfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def save_resolved_config(dcfg: DictConfig, out: str) -> None:
     os.makedirs(out, exist_ok=True)
     body = {k: v for k, v in OmegaConf.to_container(dcfg, resolve=True).items() if k != "hydra"}
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank() == 0:
         OmegaConf.save(OmegaConf.create(body), os.path.join(out, "config.yaml"))
 
 
@@ -86,7 +82,7 @@ def report_data(stats: dict[str, Any], out: str) -> None:
     for split in ("train", "eval"):
         if split in stats:
             log.info("%s samples: %s", split, stats[split])
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank() == 0:
         with open(os.path.join(out, "data_stats.json"), "w") as f:
             json.dump(stats, f, indent=2)
 
