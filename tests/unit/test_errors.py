@@ -8,10 +8,8 @@ file-level ones; config problems through the CLI, where they all fail before any
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
@@ -30,31 +28,22 @@ def convs(*messages: tuple[str, object]) -> list[dict]:
     return [{"from": role, "value": value} for role, value in messages]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tiny_dir: pathlib.Path) -> str:
-    """VICUNA_SFT_CACHE for the CLI: conf/model/tiny.yaml finds the session's tiny model there."""
-    return str(tiny_dir.parent)
+@pytest.fixture
+def cli(run_module, tmp_path):
+    """`python -m vicuna_sft ARGS` with this test's run directory."""
+    out = tmp_path / "run"
 
-
-def cli(tmp_path: pathlib.Path, *args: str, cache: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HYDRA_FULL_ERROR": "0"}
-    env["VICUNA_SFT_CACHE"] = cache or str(tmp_path / "no-cache")  # config errors never get that far
-    run_dir = tmp_path / "run"
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return run_module(
             "vicuna_sft",
             *args,
-            f"hydra.run.dir={run_dir}",
-            f"trainer.output_dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-    )
+            f"hydra.run.dir={out}",
+            f"trainer.output_dir={out}",
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+    return run
 
 
 def assert_clean_failure(r: subprocess.CompletedProcess, *needles: str) -> None:
@@ -163,60 +152,60 @@ def test_on_error_skip_counts_skipped_records_by_reason(tmp_path, bpe_tokenizer)
 # --- the command line ---------------------------------------------------------------------------
 
 
-def test_cli_config_typo_names_the_key(tmp_path):
-    r = cli(tmp_path, "optimizer.lrr=1")
+def test_cli_config_typo_names_the_key(tmp_path, cli):
+    r = cli("optimizer.lrr=1")
     assert_clean_failure(r, "Could not override 'optimizer.lrr'", "Key 'lrr' not in 'OptimizerConfig'")
 
 
-def test_cli_unknown_group_option_lists_the_valid_ones(tmp_path):
-    r = cli(tmp_path, "attention=foo")
+def test_cli_unknown_group_option_lists_the_valid_ones(tmp_path, cli):
+    r = cli("attention=foo")
     assert_clean_failure(r, "Could not find 'attention/foo'", "Available options in 'attention'")
     options = r.stderr.split("Available options in 'attention':", 1)[1].split("Config search path")[0].split()
     assert {"eager", "sdpa"} <= set(options)
 
 
-def test_cli_wrong_type_names_the_key(tmp_path):
-    r = cli(tmp_path, "optimizer.lr=abc")
+def test_cli_wrong_type_names_the_key(tmp_path, cli):
+    r = cli("optimizer.lr=abc")
     assert_clean_failure(r, "Value 'abc' of type 'str' could not be converted to Float", "optimizer.lr")
 
 
-def test_cli_unknown_root_key_is_refused(tmp_path):
-    r = cli(tmp_path, "+foo=1")
+def test_cli_unknown_root_key_is_refused(tmp_path, cli):
+    r = cli("+foo=1")
     assert_clean_failure(r, "vicuna_sft: error: unknown config key(s) at the root: ['foo']")
 
 
-def test_cli_max_length_must_be_positive(tmp_path):
-    r = cli(tmp_path, "data.max_length=0")
+def test_cli_max_length_must_be_positive(tmp_path, cli):
+    r = cli("data.max_length=0")
     assert_clean_failure(r, "vicuna_sft: error: invalid config", "data.max_length must be > 0, got 0")
 
 
-def test_cli_negative_lr(tmp_path):
-    r = cli(tmp_path, "optimizer.lr=-1e-5")
+def test_cli_negative_lr(tmp_path, cli):
+    r = cli("optimizer.lr=-1e-5")
     assert_clean_failure(r, "vicuna_sft: error: invalid config", "optimizer.lr must be > 0, got -1e-05")
 
 
-def test_cli_missing_required_data_path(tmp_path):
-    r = cli(tmp_path, "data=sharegpt")
+def test_cli_missing_required_data_path(tmp_path, cli):
+    r = cli("data=sharegpt")
     assert_clean_failure(r, "vicuna_sft: error: data.path is required")
 
 
-def test_cli_model_path_that_does_not_exist(tmp_path):
+def test_cli_model_path_that_does_not_exist(tmp_path, cli):
     missing = tmp_path / "models" / "nope"
-    r = cli(tmp_path, f"model.name_or_path={missing}", "model.builtin=null")
+    r = cli(f"model.name_or_path={missing}", "model.builtin=null")
     assert_clean_failure(r, f"vicuna_sft: error: model path does not exist: {missing}")
     assert not missing.exists()
 
 
-def test_cli_missing_data_file(tmp_path, cache_dir):
+def test_cli_missing_data_file(tmp_path, cli):
     missing = tmp_path / "sharegpt.json"
-    r = cli(tmp_path, "data=sharegpt", f"data.path={missing}", cache=cache_dir)
+    r = cli("data=sharegpt", f"data.path={missing}")
     assert_clean_failure(r, f"vicuna_sft: error: {missing}: data file not found")
 
 
-def test_cli_bad_record_names_file_record_and_problem(tmp_path, cache_dir):
+def test_cli_bad_record_names_file_record_and_problem(tmp_path, cli):
     path = tmp_path / "d.jsonl"
     bad = {"id": "r7", "conversations": convs(("human", "Hi"), ("robot", "Hello"))}
     path.write_text(f"{json.dumps(GOOD)}\n{json.dumps(bad)}\n", encoding="utf-8")
-    r = cli(tmp_path, "data=sharegpt", f"data.path={path}", cache=cache_dir)
+    r = cli("data=sharegpt", f"data.path={path}")
     assert_clean_failure(r, f"vicuna_sft: error: {path}: record 1 (id='r7'): message 1: unknown role 'robot'")
     assert not (tmp_path / "run" / "checkpoint-1").exists()

@@ -7,8 +7,6 @@ import json
 import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -17,18 +15,6 @@ from vicuna_sft.preprocess import ANSI_RESET, ANSI_TRAINED, highlight, trained_s
 
 IGNORE = -100
 MARKED = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
-
-
-def preprocess_cli(tmp_path: pathlib.Path, cache: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "VICUNA_SFT_CACHE": cache}
-    return subprocess.run(
-        [sys.executable, "-m", "vicuna_sft.preprocess", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=180,
-    )
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:
@@ -64,14 +50,9 @@ def check_stats(stats: dict, splits: dict[str, list[dict]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def cache(tiny_dir: pathlib.Path) -> str:
-    return str(tiny_dir.parent)  # conf/model/tiny.yaml: ${VICUNA_SFT_CACHE}/tiny-llama
-
-
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory: pytest.TempPathFactory, cache: str):
+def sample_run(tmp_path_factory: pytest.TempPathFactory, run_module):
     tmp = tmp_path_factory.mktemp("preprocess")
-    r = preprocess_cli(tmp, cache, "preprocess.show=3", f"hydra.run.dir={tmp / 'run'}")
+    r = run_module("vicuna_sft.preprocess", "preprocess.show=3", f"hydra.run.dir={tmp / 'run'}", cwd=tmp)
     assert r.returncode == 0, r.stderr
     return tmp / "run", r
 
@@ -118,7 +99,7 @@ def test_preview_highlights_exactly_the_assistant_replies(sample_run, sample_pat
         assert text.count("USER: ") == len(replies)
 
 
-def test_truncation_and_skips_are_counted(tmp_path, cache, sample_path):
+def test_truncation_and_skips_are_counted(tmp_path, run_module, sample_path):
     records = json.loads(sample_path.read_text(encoding="utf-8"))[:40]
     bad = [
         {"id": "bad-role", "conversations": [{"from": "human", "value": "a"}, {"from": "bot", "value": "b"}]},
@@ -130,9 +111,8 @@ def test_truncation_and_skips_are_counted(tmp_path, cache, sample_path):
     data = tmp_path / "conv.jsonl"
     data.write_text("".join(json.dumps(rec) + "\n" for rec in [*bad, *records]), encoding="utf-8")
     out = tmp_path / "custom"
-    r = preprocess_cli(
-        tmp_path,
-        cache,
+    r = run_module(
+        "vicuna_sft.preprocess",
         "data=sharegpt",
         f"data.path={data}",
         "data.eval_fraction=0",
@@ -141,6 +121,7 @@ def test_truncation_and_skips_are_counted(tmp_path, cache, sample_path):
         "data.lazy=true",  # preprocessing encodes everything whatever training would do
         f"preprocess.out={out}",
         f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     assert not (out / "encoded_eval.jsonl").exists()
@@ -179,11 +160,11 @@ def test_trained_spans():
     assert trained_spans([]) == []
 
 
-def test_help_and_typos(tmp_path):
-    r = preprocess_cli(tmp_path, str(tmp_path), "--help")
+def test_help_and_typos(tmp_path, run_module):
+    r = run_module("vicuna_sft.preprocess", "--help", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "vicuna_sft.preprocess" in r.stdout and "preprocess.show=N" in r.stdout
     assert "attention: " in r.stdout and "show: 0" in r.stdout
-    bad = preprocess_cli(tmp_path, str(tmp_path), "preprocess.shw=2")
+    bad = run_module("vicuna_sft.preprocess", "preprocess.shw=2", cwd=tmp_path)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "Key 'shw' not in 'PreprocessOptions'" in bad.stderr
