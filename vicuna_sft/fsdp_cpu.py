@@ -18,7 +18,7 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-# the accelerate releases this adaptation was written and tested against (tests/integration/test_fsdp_cpu.py)
+# the accelerate releases this adaptation was written and tested against (tests/unit/test_distributed_units.py, tests/integration/test_distributed.py)
 TESTED_ACCELERATE = ((1, 10), (1, 16))  # [min, max)
 
 
