@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .arguments import validate
-from .config import Config, RdzvBackend, to_config
+from .config import Config, FsdpStrategy, RdzvBackend, to_config
 from .errors import UserError
 
 log = logging.getLogger("vicuna_sft")
@@ -64,6 +64,12 @@ def requested_processes(cfg: Config) -> int:
     return cfg.distributed.nproc_per_node * cfg.distributed.nnodes
 
 
+def needs_process_group(cfg: Config) -> bool:
+    """Several ranks, or FSDP on one: the Trainer only runs FSDP under torch.distributed."""
+    sharded = FsdpStrategy(cfg.fsdp.strategy) not in (FsdpStrategy.none, FsdpStrategy.ddp)
+    return requested_processes(cfg) > 1 or sharded
+
+
 def check_layout(cfg: Config) -> None:
     """Under an external launcher, the config's layout (if set) must match the environment's."""
     d = cfg.distributed
@@ -89,7 +95,7 @@ def entry(dcfg: DictConfig) -> dict[str, Any]:
     cfg = to_config(dcfg)
     validate(cfg)  # bad values fail here, before torch is even imported
     check_layout(cfg)
-    if requested_processes(cfg) > 1 and not is_worker():
+    if needs_process_group(cfg) and not is_worker():
         return launch(dcfg, cfg)
     from .run import run
 

@@ -27,14 +27,13 @@ class UnsupportedAccelerate(UserError, RuntimeError):
 
 
 def needed(trainer: Any) -> bool:
-    """FSDP asked for, several CPU processes, and accelerate did not turn it on itself."""
+    """FSDP asked for on CPU processes, and accelerate did not turn it on itself."""
     from accelerate.utils import DistributedType
 
     state = trainer.accelerator.state
     return (
         trainer.args.fsdp_plugin_args is not None
         and state.device.type == "cpu"
-        and state.num_processes > 1
         and state.distributed_type != DistributedType.FSDP
     )
 

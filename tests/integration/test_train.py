@@ -147,3 +147,21 @@ def test_lr_multirun_isolated_jobs_and_summary(tmp_path, run_module):
     solo = json.loads((alone / "result.json").read_text())
     assert solo["final_train_loss"] == rows[1]["final_train_loss"]
     assert solo["eval_loss"] == rows[1]["eval_loss"]
+
+
+def test_fsdp_on_a_single_process(tmp_path, run_module):
+    """`python -m vicuna_sft fsdp=full_shard` without torchrun (e.g. one GPU): the Trainer only runs
+    FSDP under torch.distributed, so the app starts its one worker itself instead of failing."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    r = run_module(
+        "vicuna_sft",
+        *overrides(out, "fsdp=full_shard", "trainer.max_steps=6", "trainer.save_steps=3"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "result.json").read_text())["global_step"] == 6
+    assert (out / "checkpoint-6" / "pytorch_model_fsdp.bin").is_file()  # saved by accelerate's FSDP path
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert model.config.use_cache is True

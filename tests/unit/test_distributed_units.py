@@ -179,6 +179,15 @@ def test_cpu_fsdp_adaptation_applies_only_where_accelerate_would_downgrade():
     assert fsdp_cpu.needed(fake_trainer())  # CPU, 2 ranks, FSDP asked, accelerate chose DDP
     assert not fsdp_cpu.needed(fake_trainer(device="cuda", distributed_type=DistributedType.FSDP))
     assert not fsdp_cpu.needed(fake_trainer(device="cuda", distributed_type=DistributedType.MULTI_GPU))
-    assert not fsdp_cpu.needed(fake_trainer(processes=1))
+    assert fsdp_cpu.needed(fake_trainer(processes=1))  # one self-launched worker shards too (world of 1)
     assert not fsdp_cpu.needed(fake_trainer(fsdp=False))
     assert not fsdp_cpu.needed(fake_trainer(distributed_type=DistributedType.FSDP))  # a future accelerate
+
+
+def test_fsdp_needs_a_process_group_even_on_one_process(make):
+    from vicuna_sft.distributed import needs_process_group
+
+    assert not needs_process_group(make())
+    assert not needs_process_group(make("fsdp=ddp"))
+    assert needs_process_group(make("fsdp=full_shard"))
+    assert needs_process_group(make("distributed.nproc_per_node=2"))
