@@ -3,6 +3,8 @@
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import register_configs
@@ -22,6 +24,9 @@ def main(cfg: DictConfig) -> dict:
         return entry(cfg)
     except UserError as e:
         print(f"vicuna_sft: error: {e}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # the other jobs of the sweep still run; the summary marks this one failed
+            return {"error": str(e)}
         sys.exit(1)
 
 

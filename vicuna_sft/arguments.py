@@ -3,7 +3,7 @@
 import os
 from typing import Any
 
-from .config import Config, FsdpStrategy, Precision, TrainerConfig
+from .config import Config, FsdpStrategy, Precision, Strategy, TrainerConfig
 from .errors import UserError
 
 
@@ -95,10 +95,27 @@ def validate(cfg: Config) -> None:
             t.max_steps > 0 or t.num_train_epochs > 0,
             "set trainer.max_steps > 0 or trainer.num_train_epochs > 0",
         ),
+        (t.logging_steps > 0, f"trainer.logging_steps must be > 0, got {t.logging_steps}"),
+        (t.save_steps > 0, f"trainer.save_steps must be > 0, got {t.save_steps}"),
+        (t.eval_steps is None or t.eval_steps > 0, f"trainer.eval_steps must be > 0, got {t.eval_steps}"),
+        (0 <= d.eval_fraction < 1, f"data.eval_fraction must be in [0, 1), got {d.eval_fraction}"),
+        (
+            t.eval_strategy == Strategy.no or d.eval_path or d.eval_fraction > 0,
+            f"trainer.eval_strategy={t.eval_strategy.value} needs eval data: set data.eval_fraction > 0 or "
+            "data.eval_path, or trainer.eval_strategy=no",
+        ),
     ]
     errors = [msg for ok, msg in checks if not ok]
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def check_fsdp(cfg: Config, world_size: int, nnodes: int) -> None:
+    """The FSDP refusals of `fsdp_arguments`, before any process starts or any data is encoded
+    (the wrap class is only known once the model loads: a placeholder stands in for it here)."""
+    import torch
+
+    fsdp_arguments(cfg, ["<model layer>"], world_size, nnodes, torch.cuda.is_available())
 
 
 def to_training_arguments(cfg: Config, world_size: int = 1, wrap_classes: list[str] | None = None) -> Any:
@@ -133,12 +150,12 @@ def to_training_arguments(cfg: Config, world_size: int = 1, wrap_classes: list[s
         bf16=precision == Precision.bf16,
         fp16=precision == Precision.fp16,
         tf32=t.tf32,
-        gradient_checkpointing=bool(cfg.model.activation_checkpointing and not fsdp),
+        activation_checkpointing=bool(cfg.model.activation_checkpointing and not fsdp),
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_strategy=t.save_strategy.value,
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # rotated by callbacks.CheckpointCompleteCallback, after marking complete
         eval_strategy=t.eval_strategy.value,
         eval_steps=t.eval_steps,
         seed=t.seed,

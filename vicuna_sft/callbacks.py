@@ -7,7 +7,7 @@ import time
 
 from transformers import TrainerCallback
 
-from .checkpoint import AlreadyFinished, mark_complete, write_fingerprint
+from .checkpoint import AlreadyFinished, mark_complete, rotate, write_fingerprint
 
 # test-only: SIGKILL rank 0 while it writes checkpoint-<step> (after the weights, before the rest)
 KILL_IN_SAVE_ENV = "VICUNA_SFT_TEST_KILL_IN_SAVE"
@@ -17,8 +17,9 @@ class CheckpointCompleteCallback(TrainerCallback):
     """Marks `checkpoint-N` complete once every rank has returned from writing it, after recording
     the run's math-relevant config (checkpoint.run_fingerprint) in it."""
 
-    def __init__(self, fingerprint: dict | None = None):
+    def __init__(self, fingerprint: dict | None = None, save_total_limit: int | None = None):
         self.fingerprint = fingerprint
+        self.save_total_limit = save_total_limit
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -30,6 +31,7 @@ class CheckpointCompleteCallback(TrainerCallback):
             if self.fingerprint is not None:
                 write_fingerprint(path, self.fingerprint)
             mark_complete(path, state.global_step)
+            rotate(args.output_dir, self.save_total_limit)
         return control
 
 
@@ -112,8 +114,10 @@ class LayoutReport(TrainerCallback):
 REPORT_ENV = "VICUNA_SFT_TEST_REPORT"
 
 
-def default_callbacks(fingerprint: dict | None = None) -> list[TrainerCallback]:
+def default_callbacks(
+    fingerprint: dict | None = None, save_total_limit: int | None = None
+) -> list[TrainerCallback]:
     # the test hook first: its on_save must run before the checkpoint is marked complete
     hook = [KillDuringSave(int(os.environ[KILL_IN_SAVE_ENV]))] if os.environ.get(KILL_IN_SAVE_ENV) else []
     report = [LayoutReport(os.environ[REPORT_ENV])] if os.environ.get(REPORT_ENV) else []
-    return [*hook, CheckpointCompleteCallback(fingerprint), StopWhenFinished(), *report]
+    return [*hook, CheckpointCompleteCallback(fingerprint, save_total_limit), StopWhenFinished(), *report]

@@ -2,7 +2,8 @@
 
 The Trainer writes a checkpoint's files one after another; a crash in between leaves a directory
 that looks like a checkpoint. Here a checkpoint counts only once every rank has finished writing
-it and rank 0 has then written `COMPLETE` into it (atomically). Resume never picks one without.
+it and rank 0 has then written `COMPLETE` into it (atomically). Resume never picks one without,
+and `save_total_limit` only ever deletes complete checkpoints older than the newest complete one.
 """
 
 import json
@@ -10,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from typing import Any
 
 from .errors import UserError
@@ -17,6 +19,7 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
+SET_ASIDE = "set_aside"  # checkpoints this run will not continue from (see set_aside_newer)
 RUN_FILE = "vicuna_sft_run.json"  # the math-relevant config of the run that wrote the checkpoint
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -52,33 +55,64 @@ def resolve_resume(
 ) -> str | None:
     """`never` -> None; `auto` -> newest complete checkpoint in output_dir (or None); else a path.
     With a `fingerprint` (see `run_fingerprint`), a checkpoint of a run whose math differs is refused
-    unless `allow_change`."""
+    unless `allow_change`. Checkpoints of the output dir that this run will not continue from and
+    that are newer than its starting point are set aside (never deleted, never trusted later)."""
     if resume == "never":
-        return None
-    if resume == "auto":
+        path = None
+    elif resume == "auto":
         path = latest_complete(output_dir)
-        discard_incomplete(output_dir, after=path)
     elif not os.path.isdir(resume):
         raise UserError(f"trainer.resume: checkpoint directory not found: {resume}")
     elif not is_complete(resume):
-        raise UserError(f"trainer.resume: {resume} is not a complete checkpoint (no {COMPLETE} marker)")
+        if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
+            raise UserError(f"trainer.resume: {resume} is not a complete checkpoint (no trainer_state.json)")
+        log.warning(
+            "%s has no %s marker (not written by vicuna_sft?): resuming as you asked", resume, COMPLETE
+        )
+        path = resume
     else:
         path = resume
     if path and fingerprint is not None:
         check_compatible(path, fingerprint, allow_change)
+    set_aside_newer(output_dir, step_of(path) if path else 0)
     return path
 
 
-def discard_incomplete(output_dir: str, after: str | None) -> None:
-    """Rank 0 removes the half-written checkpoints newer than the one resumed from, so the rerun
-    writes them afresh instead of into a directory holding a crashed write's files."""
+def step_of(path: str) -> int:
+    m = _CKPT.match(os.path.basename(os.path.normpath(path)))
+    return int(m.group(1)) if m else 0
+
+
+def set_aside_newer(output_dir: str, start: int) -> None:
+    """Rank 0 moves checkpoints newer than the starting step (a crashed write, or an earlier run's
+    later steps under resume=never) into `set_aside/`, so that nothing of another timeline is
+    resumed or overwritten in place. Nothing is deleted."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    start = int(_CKPT.match(os.path.basename(after)).group(1)) if after else -1
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     for step, path in checkpoints(output_dir):
-        if step > start and not is_complete(path):
-            log.warning("removing incomplete checkpoint %s (a crash interrupted its write)", path)
-            shutil.rmtree(path, ignore_errors=True)
+        if step > start:
+            dest = base = os.path.join(output_dir, SET_ASIDE, f"{os.path.basename(path)}.{stamp}")
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            n = 1
+            while os.path.exists(dest):
+                dest, n = f"{base}-{n}", n + 1
+            os.replace(path, dest)
+            state = "complete" if is_complete(dest) else "incomplete (a crash interrupted its write)"
+            log.warning(
+                "this run starts at step %d: set aside %s checkpoint %s -> %s", start, state, path, dest
+            )
+
+
+def rotate(output_dir: str, keep: int | None) -> None:
+    """Keep the `keep` newest complete checkpoints. Runs after the newest is marked complete (the
+    Trainer's own rotation runs before that, and could leave no complete checkpoint at all)."""
+    if not keep:
+        return
+    complete = [p for _, p in checkpoints(output_dir) if is_complete(p)]
+    for path in complete[:-keep]:
+        log.info("deleting old checkpoint %s (trainer.save_total_limit=%d)", path, keep)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_fingerprint(cfg: Any, world_size: int) -> dict[str, Any]:
@@ -92,14 +126,19 @@ def run_fingerprint(cfg: Any, world_size: int) -> dict[str, Any]:
         "model.name_or_path": m.name_or_path,
         "model.revision": m.revision,
         "model.dtype": value(m.dtype),
+        "model.activation_checkpointing": m.activation_checkpointing,
         "data.path": d.path,
         "data.eval_path": d.eval_path,
         "data.eval_fraction": d.eval_fraction,
         "data.template": value(d.template),
         "data.max_length": d.max_length,
-        "data.padding": value(d.padding),
         "global_batch_size": global_batch,
         "trainer.seed": t.seed,
+        "trainer.precision": value(t.precision),
+        "trainer.num_train_epochs": t.num_train_epochs,
+        "trainer.max_steps": t.max_steps,
+        # the optimizer and its schedule: all of them change the weights a resumed run ends with
+        **{f"optimizer.{k}": value(v) for k, v in vars(cfg.optimizer).items()},
     }
 
 

@@ -6,6 +6,7 @@ This module must stay import-light (no torch, no transformers): `--help` and `--
 compose configs without loading them.
 """
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -101,7 +102,9 @@ class ModelConfig:
     save_dtype: Dtype | None = None  # None: bf16/fp16 for bf16/fp16 runs, else model.dtype
     trust_remote_code: bool = False
     activation_checkpointing: bool = False
-    builtin: Builtin | None = None  # create name_or_path locally if it does not exist
+    # name_or_path is where this builtin model lives (builtin_path); it is created there on first use.
+    # Any other path is only ever loaded, never created.
+    builtin: Builtin | None = None
 
 
 @dataclass
@@ -211,11 +214,22 @@ def _asset_path(name: str) -> str:
     return str(resources.files("vicuna_sft") / "assets" / name)
 
 
+BUILTIN_DIRS = {Builtin.tiny: "tiny-llama"}
+
+
+def builtin_path(builtin: Builtin | str) -> str:
+    """Where a builtin model is cached: ${VICUNA_SFT_CACHE:-.cache/vicuna_sft}/<name>."""
+    cache = os.environ.get("VICUNA_SFT_CACHE", os.path.join(".cache", "vicuna_sft"))
+    return os.path.join(cache, BUILTIN_DIRS[Builtin(builtin)])
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("vicuna_sft_asset"):
         OmegaConf.register_new_resolver("vicuna_sft_asset", _asset_path)
+    if not OmegaConf.has_resolver("vicuna_sft_builtin"):
+        OmegaConf.register_new_resolver("vicuna_sft_builtin", builtin_path)
 
 
 def to_config(cfg: DictConfig) -> Config:

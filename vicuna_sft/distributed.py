@@ -95,11 +95,21 @@ def entry(dcfg: DictConfig) -> dict[str, Any]:
     cfg = to_config(dcfg)
     validate(cfg)  # bad values fail here, before torch is even imported
     check_layout(cfg)
+    preflight(cfg)
     if needs_process_group(cfg) and not is_worker():
         return launch(dcfg, cfg)
     from .run import run
 
     return run(dcfg)
+
+
+def preflight(cfg: Config) -> None:
+    """Refuse what cannot run here before workers start, data is encoded or weights load."""
+    from .arguments import check_fsdp
+    from .model import check_attention
+
+    check_attention(cfg)
+    check_fsdp(cfg, requested_processes(cfg) if not is_worker() else world_size(), cfg.distributed.nnodes)
 
 
 def free_port() -> int:
@@ -166,7 +176,7 @@ def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "vicuna_sft.worker", path)
     except ChildFailedError as e:
-        failures = ", ".join(f"rank {f.global_rank} exit code {f.exitcode}" for f in e.failures.values())
+        failures = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
         raise LaunchError(f"distributed run failed ({failures}); the workers' messages are above") from None
     result: dict[str, Any] = {}
     if os.path.isfile(result_file):

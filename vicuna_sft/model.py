@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from . import attention
-from .config import Builtin, Config, ModelConfig
+from .config import Builtin, Config, ModelConfig, builtin_path
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,17 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def resolve_path(m: ModelConfig, path: str | None = None) -> str:
     """The local directory or hub id to load; creates a builtin model on first use."""
     path = os.path.expanduser(path or m.name_or_path)
-    if m.builtin is not None and Builtin(m.builtin) == Builtin.tiny:
+    if m.builtin == Builtin.tiny and _same_path(path, builtin_path(Builtin.tiny)):
         from .tiny import ensure_tiny
 
         ensure_tiny(path)  # no-op when it is already there
     if not os.path.exists(path) and not _HUB_ID.match(path):
         raise ModelLoadError(f"model path does not exist: {path}")
     return path
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
 
 
 def _wrap_hub_errors(what: str, path: str, fn: Any, **kwargs: Any) -> Any:
@@ -65,6 +69,11 @@ def rope_scaling_factor(max_length: int, max_positions: int | None) -> int | Non
     if not max_positions or max_length <= max_positions:
         return None
     return math.ceil(max_length / max_positions)
+
+
+def check_attention(cfg: Config) -> None:
+    """The attention variant's own refusals (no CUDA, missing package, dtype, packing), up front."""
+    attention.get(cfg.attention.implementation).check(cfg)
 
 
 def load_model(cfg: Config) -> Any:

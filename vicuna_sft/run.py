@@ -47,15 +47,15 @@ def run(dcfg: DictConfig) -> dict[str, Any]:
         eval_dataset=data.eval,
         data_collator=data.collator,
         processing_class=tokenizer,
-        callbacks=default_callbacks(fingerprint),
+        callbacks=default_callbacks(fingerprint, cfg.trainer.save_total_limit),
     )
     if resume:
         log.info("resuming from %s", resume)
     train(trainer, resume)
     trainer.save_state()
-    eval_metrics = trainer.evaluate() if data.eval is not None else {}
+    eval_metrics = final_eval(trainer) if data.eval is not None else {}
     final_dir = save_final(trainer, tokenizer, cfg)
-    result = summarize(trainer, eval_metrics, final_dir, resume)
+    result = {**summarize(trainer, eval_metrics, final_dir, resume), **data.seen_stats()}
     if trainer.is_world_process_zero():
         with open(os.path.join(out, RESULT_FILE), "w") as f:
             json.dump(result, f, indent=2)
@@ -119,6 +119,14 @@ def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
         os.replace(partial, final)
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+def final_eval(trainer: Any) -> dict[str, Any]:
+    """The eval of the final weights: the one the run just logged at its last step, else a new one."""
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    if evals and evals[-1].get("step") == trainer.state.global_step:
+        return evals[-1]
+    return trainer.evaluate()
 
 
 def summarize(trainer: Any, eval_metrics: dict, final_dir: str, resumed_from: str | None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ gathered from those files, so it works with any launcher (local, submitit, ...).
 import csv
 import json
 import os
+import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -54,3 +55,10 @@ class SweepSummary(Callback):
             writer.writeheader()
             writer.writerows(rows)
         print(f"sweep summary ({len(rows)} jobs): {os.path.join(sweep_dir, 'summary.csv')}")
+        failed = [row["job"] for row in rows if row["status"] == "failed"]
+        if failed:  # the sweep ran to the end, but its exit status must still say it failed
+            print(
+                f"vicuna_sft: error: {len(failed)} of {len(rows)} sweep jobs failed: {failed}",
+                file=sys.stderr,
+            )
+            sys.exit(1)

@@ -7,7 +7,7 @@ initialises a 2-layer GQA ``LlamaForCausalLM`` with a fixed seed, and saves both
 ``AutoTokenizer.from_pretrained(path)`` load them like any hub model.
 
 Default location: ``${VICUNA_SFT_CACHE:-.cache/vicuna_sft}/tiny-llama``. That path is decided
-in ``conf/model/tiny.yaml`` (``name_or_path``), not here; this module builds wherever it is told.
+in ``vicuna_sft.config.builtin_path`` (used by conf/model/tiny.yaml), not here; this module builds wherever it is told.
 
 Building is safe under concurrency and crashes: one process at a time builds (an ``fcntl`` lock
 on ``<dest>.lock`` beside the destination) into a temporary sibling directory which is then

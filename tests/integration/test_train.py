@@ -18,7 +18,7 @@ from vicuna_sft.data.records import load_conversations
 
 pytestmark = pytest.mark.slow
 
-SMOKE = ["experiment=smoke", "data.padding=longest"]
+SMOKE = ["experiment=smoke"]  # the default data.padding (packed), as users run it
 
 
 def overrides(out, *extra):
@@ -165,3 +165,21 @@ def test_fsdp_on_a_single_process(tmp_path, run_module):
     assert (out / "checkpoint-6" / "pytorch_model_fsdp.bin").is_file()  # saved by accelerate's FSDP path
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert model.config.use_cache is True
+
+
+def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path, run_module):
+    sweep = tmp_path / "sweep"
+    r = run_module(
+        "vicuna_sft",
+        "-m",
+        *SMOKE,
+        "trainer.max_steps=4",
+        "optimizer.lr=-1,1e-3",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "optimizer.lr must be > 0" in r.stderr and "1 of 2 sweep jobs failed" in r.stderr
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [(row["job"], row["status"]) for row in rows] == [("0", "failed"), ("1", "completed")]
+    assert rows[1]["global_step"] == 4

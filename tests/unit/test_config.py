@@ -153,7 +153,7 @@ def test_vicuna_7b_experiment_is_fastchats_recipe(make, recorded):
     assert kw["fsdp"] is True and kw["fsdp_config"]["version"] == 2
     assert kw["fsdp_config"]["transformer_layer_cls_to_wrap"] == WRAP
     assert kw["fsdp_config"]["activation_checkpointing"] is True
-    assert kw["gradient_checkpointing"] is False  # under FSDP it belongs to FSDP
+    assert kw["activation_checkpointing"] is False  # under FSDP it belongs to FSDP
 
 
 EVERY_FIELD = [
@@ -207,13 +207,13 @@ def test_every_field_lands_in_the_real_training_arguments(make):
         "max_steps": 7,
         "logging_steps": 2,
         "save_steps": 5,
-        "save_total_limit": 4,
+        "save_total_limit": None,  # rotated by our callback once the newest checkpoint is complete
         "eval_steps": 6,
         "seed": 123,
         "data_seed": 123,
         "dataloader_num_workers": 1,
         "report_to": ["tensorboard"],
-        "gradient_checkpointing": True,
+        "activation_checkpointing": True,
         "use_cpu": True,
         "bf16": False,
         "fp16": False,
@@ -231,8 +231,8 @@ def test_defaults_land_in_the_real_training_arguments(make):
     assert args.learning_rate == 2e-5 and args.warmup_steps == 0.03
     assert args.lr_scheduler_type.value == "cosine" and args.max_grad_norm == 1.0
     assert args.per_device_eval_batch_size == args.per_device_train_batch_size == 2  # eval: same as train
-    assert args.eval_strategy.value == "no" and args.save_total_limit == 2
-    assert args.report_to == [] and args.gradient_checkpointing is False and not args.fsdp
+    assert args.eval_strategy.value == "no" and args.save_total_limit is None
+    assert args.report_to == [] and args.activation_checkpointing is False and not args.fsdp
 
 
 @pytest.mark.parametrize(
@@ -274,9 +274,9 @@ def test_max_steps_and_epochs(make, recorded):
 
 def test_activation_checkpointing_without_and_with_fsdp(make, recorded):
     plain = recorded(to_config(make("model.activation_checkpointing=true")))
-    assert plain["gradient_checkpointing"] is True and "fsdp" not in plain
+    assert plain["activation_checkpointing"] is True and "fsdp" not in plain
     sharded = recorded(to_config(make("model.activation_checkpointing=true", "fsdp=full_shard")))
-    assert sharded["gradient_checkpointing"] is False
+    assert sharded["activation_checkpointing"] is False
     assert sharded["fsdp_config"]["activation_checkpointing"] is True
 
 

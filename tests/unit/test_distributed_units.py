@@ -111,19 +111,50 @@ def test_fingerprint_names_what_changed(make, tmp_path):
     checkpoint.check_compatible(str(ckpt), changed, allow_change=True)  # told to: warns only
 
 
-def test_resume_ignores_and_removes_incomplete_checkpoints(tmp_path):
-    for step in (2, 4, 6):
-        d = tmp_path / f"checkpoint-{step}"
-        d.mkdir()
-        (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-        if step < 6:
-            checkpoint.mark_complete(str(d), step)
-    (tmp_path / "checkpoint-6" / "trainer_state.json").unlink()  # killed mid-write
+def _checkpoint(root, step, complete=True):
+    d = root / f"checkpoint-{step}"
+    d.mkdir()
+    (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if complete:
+        checkpoint.mark_complete(str(d), step)
+    return d
+
+
+def test_resume_ignores_incomplete_checkpoints_and_sets_them_aside(tmp_path):
+    for step in (2, 4):
+        _checkpoint(tmp_path, step)
+    _checkpoint(tmp_path, 6, complete=False)  # killed mid-write
     assert checkpoint.resolve_resume("auto", str(tmp_path)) == str(tmp_path / "checkpoint-4")
     assert not (tmp_path / "checkpoint-6").exists()
+    [aside] = (tmp_path / "set_aside").iterdir()  # moved, not deleted
+    assert aside.name.startswith("checkpoint-6.") and (aside / "trainer_state.json").is_file()
     with pytest.raises(UserError, match="not a complete checkpoint"):
         (tmp_path / "checkpoint-8").mkdir()
         checkpoint.resolve_resume(str(tmp_path / "checkpoint-8"), str(tmp_path))
+
+
+def test_starting_over_sets_aside_an_earlier_runs_checkpoints(tmp_path):
+    for step in (2, 4):
+        _checkpoint(tmp_path, step)
+    assert checkpoint.resolve_resume("never", str(tmp_path)) is None
+    assert checkpoint.checkpoints(str(tmp_path)) == []  # a later resume=auto cannot pick them up
+    assert len(list((tmp_path / "set_aside").iterdir())) == 2
+    for step in (2, 4, 6):
+        _checkpoint(tmp_path, step)
+    assert checkpoint.resolve_resume(str(tmp_path / "checkpoint-2"), str(tmp_path)) == str(
+        tmp_path / "checkpoint-2"
+    )
+    assert [s for s, _ in checkpoint.checkpoints(str(tmp_path))] == [2]  # 4 and 6 were another timeline
+
+
+def test_rotation_keeps_the_newest_complete_checkpoints_only(tmp_path):
+    for step in (2, 4, 6):
+        _checkpoint(tmp_path, step)
+    _checkpoint(tmp_path, 8, complete=False)  # being written: never counted, never deleted here
+    checkpoint.rotate(str(tmp_path), keep=1)
+    assert [s for s, _ in checkpoint.checkpoints(str(tmp_path))] == [6, 8]
+    checkpoint.rotate(str(tmp_path), keep=None)
+    assert [s for s, _ in checkpoint.checkpoints(str(tmp_path))] == [6, 8]
 
 
 def test_alone_means_no_store_and_no_checks(make, monkeypatch):

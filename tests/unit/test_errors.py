@@ -191,7 +191,7 @@ def test_cli_missing_required_data_path(tmp_path, cli):
 
 def test_cli_model_path_that_does_not_exist(tmp_path, cli):
     missing = tmp_path / "models" / "nope"
-    r = cli(f"model.name_or_path={missing}", "model.builtin=null")
+    r = cli(f"model.name_or_path={missing}")
     assert_clean_failure(r, f"vicuna_sft: error: model path does not exist: {missing}")
     assert not missing.exists()
 

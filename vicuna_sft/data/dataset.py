@@ -29,6 +29,15 @@ class Datasets:
     collator: Collator
     stats: dict[str, Any] = field(default_factory=dict)  # {"records": {path: ...}, "train": ..., "eval": ...}
 
+    def seen_stats(self) -> dict[str, int]:
+        """What only shows while training: lazy samples met with no trained token (this process)."""
+        seen = {
+            f"{name}_lazy_samples_without_trained_tokens": len(ds.empty_seen)
+            for name, ds in (("train", self.train), ("eval", self.eval))
+            if isinstance(ds, LazyDataset)
+        }
+        return {k: v for k, v in seen.items() if v}
+
 
 def split_eval(convs: list[Conversation], fraction: float, seed: int) -> tuple[list, list]:
     if not 0.0 <= fraction < 1.0:
@@ -122,13 +131,18 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> Datasets:
         s.kept = s.read - sum(s.dropped.values())
         if s.kept == 0:
             raise DataError(f"{path}: no usable record out of {s.read} (dropped: {dict(s.dropped)})")
-    stats: dict[str, Any] = {"records": {p: s.as_dict() for p, s in records.items()}}
+    record_keys = ("read", "kept", "dropped", "adjusted")  # token counts belong to the splits
+    stats: dict[str, Any] = {
+        "records": {p: {k: s.as_dict()[k] for k in record_keys} for p, s in records.items()}
+    }
     splits = {}
     for name, split in (("train", train_convs), ("eval", eval_convs)):
         if not split:
             splits[name] = None
         elif cfg.lazy:
             splits[name] = LazyDataset(split, encoder)
+            # encoded on access: samples truncated to no trained token are counted as they are met
+            # (Datasets.seen_stats) and contribute no loss
             stats[name] = {"samples": len(split), "lazy": True}
         else:
             splits[name], s = encode_eager(split, encoder, cfg.num_proc)
