@@ -405,3 +405,17 @@ def test_ranks_with_different_configs_stop_with_a_clear_error(runner):
     assert code != 0
     assert "the ranks resolved different configs" in text
     assert re.search(r"trainer.seed: rank 0 has '?0'?, rank 1 has '?1'?", text), text[-3000:]
+
+
+def test_a_failing_worker_gives_a_clear_error(tmp_path, run_module):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "robot", "value": "x"}]}\n'
+    )
+    r = run_module(
+        "vicuna_sft", "distributed.nproc_per_node=2", "data=sharegpt", f"data.path={bad}",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=180,
+    )  # fmt: skip
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "unknown role 'robot'" in r.stderr
+    assert "vicuna_sft: error: distributed run failed (rank 0 exit code" in r.stderr
