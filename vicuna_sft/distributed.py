@@ -11,7 +11,7 @@ Three ways to get N ranks, one code path once they run (`run.run`):
   Hydra. Multirun sweeps therefore work: one elastic launch per job, one summary at the root.
 - SLURM through hydra-submitit-launcher: see vicuna_sft/slurm.py.
 
-Every worker dies with its launcher (`PR_SET_PDEATHSIG`), and `enter_worker` compares a hash of
+Every worker dies with its launcher (`PR_SET_PDEATHSIG`), and `ranks.enter_worker` compares a hash of
 the resolved config across ranks before anything heavy happens.
 """
 
@@ -29,35 +29,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from .arguments import validate
 from .config import Config, FsdpStrategy, RdzvBackend, to_config
 from .errors import UserError
+from .ranks import LAUNCHER_PID, exchange, is_worker, rank, resolved_body, world_size
 
 log = logging.getLogger("vicuna_sft")
 
 WORKER_CONFIG = "worker_config.yaml"  # the resolved config the workers of a self-launch read
-_LAUNCHER_PID = "VICUNA_SFT_LAUNCHER_PID"
 
 
 class LaunchError(UserError, RuntimeError):
     pass
-
-
-class ConfigMismatch(UserError, RuntimeError):
-    pass
-
-
-# ---- where this process stands -------------------------------------------------------------------
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_worker() -> bool:
-    """Ranks come from the environment (torchrun, our launcher, SLURM tasks)."""
-    return "LOCAL_RANK" in os.environ and "RANK" in os.environ
 
 
 def requested_processes(cfg: Config) -> int:
@@ -118,11 +98,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def resolved_body(dcfg: DictConfig) -> dict[str, Any]:
-    """The config as plain values (interpolations resolved here, once), without `hydra`."""
-    return {k: v for k, v in OmegaConf.to_container(dcfg, resolve=True).items() if k != "hydra"}
-
-
 def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
     """Start nproc_per_node workers on this node through torch's elastic launcher and wait."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -172,7 +147,7 @@ def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
         run_id,
         out,
     )
-    os.environ[_LAUNCHER_PID] = str(os.getpid())  # inherited by the workers, see die_with_parent
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # inherited by the workers, see ranks.die_with_parent
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "vicuna_sft.worker", path)
     except ChildFailedError as e:
@@ -183,108 +158,6 @@ def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
         with open(result_file) as f:
             result = json.load(f)
     return result
-
-
-# ---- inside a worker -----------------------------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """A worker must not outlive its launcher (torchrun or ours), even one killed with SIGKILL."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    expected = os.environ.get(_LAUNCHER_PID)
-    if os.getppid() == 1 or (expected and os.getppid() != int(expected) and _parent_is_gone(int(expected))):
-        os._exit(1)  # the launcher died before prctl took effect
-
-
-def _parent_is_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return False
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-
-
-def config_hash(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}"))
-    return out
-
-
-def launcher_store(timeout_s: float = 300.0) -> Any:
-    """The key-value store the launcher hosts for its workers (torchrun, elastic_launch, slurm.py),
-    or None when this process was not started by one."""
-    if world_size() < 2 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
-        return None
-    from datetime import timedelta
-
-    from torch.distributed import TCPStore
-
-    return TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        is_master=False,
-        timeout=timedelta(seconds=timeout_s),
-    )
-
-
-def _store_prefix() -> str:
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
-    return f"vicuna_sft/{run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-
-
-def exchange(name: str, value: str, store: Any = None) -> list[str]:
-    """Every rank's `value` (rank order), through the launcher's store; [value] when alone."""
-    store = store or launcher_store()
-    if store is None:
-        return [value]
-    key = f"{_store_prefix()}/{name}"
-    store.set(f"{key}/{rank()}", value)
-    return [store.get(f"{key}/{r}").decode() for r in range(world_size())]
-
-
-def enter_worker(dcfg: DictConfig) -> str:
-    """Tie this process to its launcher; stop unless every rank resolved the same config.
-    Returns this rank's config hash (logged)."""
-    body = resolved_body(dcfg)
-    body.get("distributed", {}).pop("node_rank", None)  # the one field that differs between nodes
-    digest = config_hash(body)
-    if world_size() < 2:
-        return digest
-    die_with_parent()
-    log.info("rank %d/%d config sha256 %s", rank(), world_size(), digest)
-    bodies = exchange("config", json.dumps(body, sort_keys=True, default=str))
-    digests = [config_hash(json.loads(b)) for b in bodies]
-    if len(set(digests)) > 1:
-        mine = _flat(json.loads(bodies[0]))
-        lines = []
-        for r, b in enumerate(bodies[1:], start=1):
-            other = _flat(json.loads(b))
-            for k in sorted(set(mine) | set(other)):
-                if mine.get(k) != other.get(k):
-                    lines.append(f"{k}: rank 0 has {mine.get(k)!r}, rank {r} has {other.get(k)!r}")
-        raise ConfigMismatch(
-            "the ranks resolved different configs (sha256 "
-            + ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
-            + "):\n  "
-            + "\n  ".join(lines)
-        )
-    return digest
 
 
 # ---- Hydra under an external launcher (torchrun) -------------------------------------------------

@@ -15,8 +15,8 @@ from .checkpoint import resolve_resume, run_fingerprint, train
 from .config import Config, Dtype, Precision, to_config
 from .data.conversation import CHAT_TEMPLATE
 from .data.dataset import build_datasets
-from .distributed import enter_worker, rank, world_size
 from .model import load_model, load_tokenizer
+from .ranks import enter_worker, rank, world_size
 from .summary import RESULT_FILE
 
 log = logging.getLogger("vicuna_sft")

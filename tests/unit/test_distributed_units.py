@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from vicuna_sft import checkpoint, distributed, fsdp_cpu
+from vicuna_sft import checkpoint, distributed, fsdp_cpu, ranks
 from vicuna_sft.arguments import ConfigError, fsdp_arguments
 from vicuna_sft.config import FsdpStrategy, register_configs, to_config
 from vicuna_sft.errors import UserError
@@ -159,8 +159,8 @@ def test_rotation_keeps_the_newest_complete_checkpoints_only(tmp_path):
 
 def test_alone_means_no_store_and_no_checks(make, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert distributed.exchange("x", "v") == ["v"]
-    assert distributed.launcher_store() is None
+    assert ranks.exchange("x", "v") == ["v"]
+    assert ranks.launcher_store() is None
 
 
 def test_layout_must_match_the_external_launcher(make, monkeypatch):
