@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from .errors import UserError
+from .ranks import rank
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def set_aside_newer(output_dir: str, start: int) -> None:
     """Rank 0 moves checkpoints newer than the starting step (a crashed write, or an earlier run's
     later steps under resume=never) into `set_aside/`, so that nothing of another timeline is
     resumed or overwritten in place. Nothing is deleted."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if rank() != 0:
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for step, path in checkpoints(output_dir):

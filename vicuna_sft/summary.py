@@ -13,6 +13,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from .ranks import rank
+
 RESULT_FILE = "result.json"
 COLUMNS = ["job", "overrides", "status", "final_train_loss", "eval_loss", "global_step", "output_dir"]
 
@@ -20,7 +22,7 @@ COLUMNS = ["job", "overrides", "status", "final_train_loss", "eval_loss", "globa
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = config.hydra.sweep.dir
-        if int(os.environ.get("RANK", "0")) != 0 or not os.path.isdir(sweep_dir):
+        if rank() != 0 or not os.path.isdir(sweep_dir):
             return
         rows = []
         for name in sorted(

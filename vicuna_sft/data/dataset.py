@@ -133,7 +133,7 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> Datasets:
             raise DataError(f"{path}: no usable record out of {s.read} (dropped: {dict(s.dropped)})")
     record_keys = ("read", "kept", "dropped", "adjusted")  # token counts belong to the splits
     stats: dict[str, Any] = {
-        "records": {p: {k: s.as_dict()[k] for k in record_keys} for p, s in records.items()}
+        "records": {p: {k: v for k, v in s.as_dict().items() if k in record_keys} for p, s in records.items()}
     }
     splits = {}
     for name, split in (("train", train_convs), ("eval", eval_convs)):
