@@ -22,9 +22,17 @@ import pytest
 MISTRAL_MODEL = pathlib.Path(__file__).parent / "fixtures" / "mistral" / "tokenizer.model"
 
 
+def conf_dir() -> pathlib.Path:
+    """Where the installed package's configs are (`vicuna_sft.conf`: the top-level conf/ of the
+    checkout under an editable install, inside site-packages under a regular one)."""
+    from importlib import resources
+
+    return pathlib.Path(str(resources.files("vicuna_sft.conf")))
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    from vicuna_sft.tiny import build_tiny
+    from vicuna_sft.model.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
@@ -58,7 +66,7 @@ def mistral_tokenizer(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def sample_path() -> pathlib.Path:
-    from vicuna_sft.tiny import sample_conversations_path
+    from vicuna_sft.model.tiny import sample_conversations_path
 
     return sample_conversations_path()
 

@@ -1,4 +1,5 @@
-"""`python -m vicuna_sft [group=option ...] [key=value ...]`: compose the config, then run()."""
+"""`python -m vicuna_sft [group=option ...] [key=value ...]`: compose the config, then train
+(launch.entry: check it once, run here or launch the workers that run)."""
 
 import sys
 
@@ -9,16 +10,14 @@ from omegaconf import DictConfig
 
 from .config import register_configs
 from .errors import UserError
-from .slurm import register_launchers
 
 register_configs()
-register_launchers()  # hydra/launcher=slurm, slurm_local (vicuna_sft/slurm.py)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://vicuna_sft.conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     # heavy imports only once a job really runs (not for --help / --cfg)
-    from .distributed import entry  # run(cfg) here, or launch distributed.nproc_per_node workers
+    from .launch.entry import entry  # run(cfg) here, or launch distributed.nproc_per_node workers
 
     try:
         return entry(cfg)

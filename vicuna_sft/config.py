@@ -9,9 +9,12 @@ compose configs without loading them.
 import os
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
+
+from .process import rank
 
 
 class AttentionImpl(str, Enum):
@@ -55,7 +58,7 @@ class Padding(str, Enum):
 
 
 class FsdpStrategy(str, Enum):
-    """FastChat's names, mapped to FSDP2 in arguments.fsdp_arguments (docs/distributed.md)."""
+    """FastChat's names, mapped to FSDP2 in training.arguments.fsdp_arguments (docs/distributed.md)."""
 
     none = "none"  # no sharding (plain DDP when several processes run)
     ddp = "ddp"  # DistributedDataParallel: a full replica per rank
@@ -152,7 +155,7 @@ class FsdpConfig:
 class DistributedConfig:
     """Process layout. Under torchrun/SLURM the ranks come from the environment and these only
     describe the launch; with `python -m vicuna_sft distributed.nproc_per_node=N` this process
-    starts the workers itself through torch's elastic launcher (vicuna_sft/distributed.py)."""
+    starts the workers itself through torch's elastic launcher (vicuna_sft/launch/entry.py)."""
 
     nproc_per_node: int = 1
     nnodes: int = 1
@@ -182,12 +185,18 @@ class TrainerConfig:
     save_total_limit: int | None = 2  # a 7B checkpoint with optimizer state is ~80 GB
     eval_strategy: Strategy = Strategy.no
     eval_steps: int | None = None
+    # the eval metric that ranks checkpoints and that EarlyStoppingCallback watches; None: "loss" when evaluating
+    metric_for_best_model: str | None = None
     seed: int = 42
     resume: str = "auto"  # auto | never | <checkpoint path>
     # resume even when model/data/max_length/global batch differ from the checkpoint's run
     resume_on_config_change: bool = False
     dataloader_num_workers: int = 0
     report_to: list[str] = field(default_factory=lambda: ["none"])
+    # extra transformers TrainerCallbacks as Hydra `_target_` nodes, e.g.
+    # [{_target_: transformers.EarlyStoppingCallback, early_stopping_patience: 3}]; they run before
+    # the built-in ones at every event (training/callbacks.py)
+    callbacks: list[Any] = field(default_factory=list)
     use_cpu: bool | None = None  # None: True when no CUDA device (else CPU ranks under torchrun train alone)
 
 
@@ -230,6 +239,23 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("vicuna_sft_asset", _asset_path)
     if not OmegaConf.has_resolver("vicuna_sft_builtin"):
         OmegaConf.register_new_resolver("vicuna_sft_builtin", builtin_path)
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain values (enums as their values): what config.yaml, the workers' config
+    file and the ranks' config hash hold."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+
+
+def save_config(cfg: Config, directory: str) -> None:
+    """`<directory>/config.yaml`: the resolved config of this run (written by rank 0 only)."""
+    from omegaconf import OmegaConf
+
+    os.makedirs(directory, exist_ok=True)
+    if rank() == 0:
+        OmegaConf.save(OmegaConf.create(as_dict(cfg)), os.path.join(directory, "config.yaml"))
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -28,8 +28,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .config import Config, register_configs, to_config
+from .config import Config, register_configs, save_config
+from .data.encode import IGNORE_INDEX
 from .errors import UserError
+from .validation import checked
 
 ENCODED_FILE = "encoded_{split}.jsonl"
 STATS_FILE = "stats.json"
@@ -78,10 +80,10 @@ def register_preprocess_configs() -> None:
 
 
 def split_config(dcfg: DictConfig) -> tuple[Config, PreprocessOptions]:
-    """The training `Config` (validated by `to_config`, which rejects unknown root keys) and our options."""
+    """The training `Config` (typed and checked as for training) and this command's options."""
     options = OmegaConf.to_object(dcfg.preprocess) if "preprocess" in dcfg else PreprocessOptions()
     body = OmegaConf.masked_copy(dcfg, [k for k in dcfg if k != "preprocess"])
-    return to_config(body), options
+    return checked(body), options
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,8 +92,6 @@ def split_config(dcfg: DictConfig) -> tuple[Config, PreprocessOptions]:
 
 def trained_spans(labels: list[int]) -> list[tuple[int, int, bool]]:
     """Maximal runs `(start, end, trained)` of tokens with / without a label."""
-    from .data.encode import IGNORE_INDEX
-
     spans: list[tuple[int, int, bool]] = []
     for i, label in enumerate(labels):
         trained = label != IGNORE_INDEX
@@ -125,7 +125,7 @@ def highlight(tokenizer: Any, input_ids: list[int], labels: list[int], color: bo
 # the command
 
 
-def summarize(data_stats: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
+def totals(data_stats: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
     """Totals over files and splits: read == kept + sum(dropped) (record-level problems and samples
     left without a trained token after truncation both count as dropped)."""
     from collections import Counter
@@ -178,17 +178,14 @@ def write_jsonl(dataset: Any, path: str) -> None:
 def preprocess(dcfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
-    from .arguments import validate
     from .data.dataset import build_datasets
-    from .model import load_tokenizer
-    from .run import save_resolved_config
+    from .model.loading import load_tokenizer
 
     cfg, options = split_config(dcfg)
-    validate(cfg)
     if options.show < 0:
         raise UserError(f"preprocess.show must be >= 0, got {options.show}")
     out = options.out or HydraConfig.get().runtime.output_dir
-    save_resolved_config(dcfg, out)
+    save_config(cfg, out)
 
     tokenizer = load_tokenizer(cfg.model)
     # everything is encoded up front here, whatever data.lazy says for training
@@ -203,7 +200,7 @@ def preprocess(dcfg: DictConfig) -> dict[str, Any]:
         "tokenizer": cfg.model.tokenizer or cfg.model.name_or_path,
         "template": cfg.data.template.value,
         "max_length": cfg.data.max_length,
-        **summarize(data.stats, files),
+        **totals(data.stats, files),
     }
     stats_path = os.path.join(out, STATS_FILE)
     with open(stats_path, "w", encoding="utf-8") as f:
@@ -218,10 +215,10 @@ def preprocess(dcfg: DictConfig) -> dict[str, Any]:
 
 def show(tokenizer: Any, dataset: Any, n: int, color: bool) -> None:
     legend = f"{ANSI_TRAINED}like this{ANSI_RESET}" if color else f"{MARK_OPEN}like this{MARK_CLOSE}"
-    print(f"trained tokens (labels != -100) are shown {legend}\n")
+    print(f"trained tokens (labels != {IGNORE_INDEX}) are shown {legend}\n")
     for i in range(min(n, len(dataset))):
         row = dataset[i]
-        n_trained = sum(1 for x in row["labels"] if x != -100)
+        n_trained = sum(1 for x in row["labels"] if x != IGNORE_INDEX)
         print(f"--- sample {i}  id={row['id']}  tokens={len(row['input_ids'])}  trained={n_trained}")
         print(highlight(tokenizer, row["input_ids"], row["labels"], color))
         print()

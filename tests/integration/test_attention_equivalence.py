@@ -62,9 +62,9 @@ def samples(bpe_tokenizer, sample_path) -> list[dict]:
 def one_step(cfg: Config, samples: list[dict], pad_id: int) -> tuple[float, dict[str, torch.Tensor]]:
     from transformers import Trainer, TrainerCallback
 
-    from vicuna_sft.arguments import to_training_arguments
     from vicuna_sft.data.collate import Collator
-    from vicuna_sft.model import load_model
+    from vicuna_sft.model.loading import load_model
+    from vicuna_sft.training.arguments import to_training_arguments
 
     torch.manual_seed(0)
     model = load_model(cfg)

@@ -23,6 +23,7 @@ import sys
 import time
 
 import pytest
+from vicuna_test_callbacks import override
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +38,11 @@ COMMON = [
     "optimizer.lr=3e-3",
 ]
 TWO = ["trainer.per_device_train_batch_size=2"]
+
+
+def report_to(directory: str) -> str:
+    """Each rank writes how it holds its parameters and its final in-memory loss (LayoutReport)."""
+    return override("LayoutReport", directory=directory)
 
 
 def free_port() -> int:
@@ -54,6 +60,8 @@ class Runner:
             "OMP_NUM_THREADS": "1",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            # the checkout (hydra_plugins/ for the SLURM launchers) and tests/ (vicuna_test_callbacks)
+            "PYTHONPATH": os.pathsep.join(sys.path),
         }
         for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
             self.env.pop(k, None)
@@ -145,21 +153,36 @@ def refs(runner: Runner) -> dict[str, pathlib.Path]:
     r = runner.root
     report = {k: str(r / f"report_{k}") for k in ("single", "ddp", "fsdp")}
     runner.run(
-        [*COMMON, "trainer.per_device_train_batch_size=4", f"hydra.run.dir={r}/single"],
+        [
+            *COMMON,
+            "trainer.per_device_train_batch_size=4",
+            f"hydra.run.dir={r}/single",
+            report_to(report["single"]),
+        ],
         "single.log",
-        env={"VICUNA_SFT_TEST_REPORT": report["single"]},
     )
     # torchrun; `${now:}` with microseconds in the run dir: the ranks must still agree on one directory
     runner.run(
-        [*COMMON, *TWO, "fsdp=ddp", f"hydra.run.dir={r}/ddp_" + "${now:%H-%M-%S-%f}"],
+        [
+            *COMMON,
+            *TWO,
+            "fsdp=ddp",
+            f"hydra.run.dir={r}/ddp_" + "${now:%H-%M-%S-%f}",
+            report_to(report["ddp"]),
+        ],
         "ddp.log",
-        env={"VICUNA_SFT_TEST_REPORT": report["ddp"]},
         torchrun=True,
     )
     runner.run(
-        [*COMMON, *TWO, *FSDP, "distributed.nproc_per_node=2", f"hydra.run.dir={r}/fsdp"],
+        [
+            *COMMON,
+            *TWO,
+            *FSDP,
+            "distributed.nproc_per_node=2",
+            f"hydra.run.dir={r}/fsdp",
+            report_to(report["fsdp"]),
+        ],
         "fsdp.log",
-        env={"VICUNA_SFT_TEST_REPORT": report["fsdp"]},
     )
     (ddp_dir,) = r.glob("ddp_*")
     return {
@@ -213,8 +236,7 @@ def test_per_step_loss_matches_single_rank(refs):
 def test_final_model_reloads_with_the_in_memory_loss(refs):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from vicuna_sft.callbacks import LayoutReport
+    from vicuna_test_callbacks import LayoutReport
 
     for name in ("single", "ddp", "fsdp"):
         final = refs[name] / "final"
@@ -279,7 +301,7 @@ def test_kill_during_save_then_kill_launcher_alone_then_resume(runner, refs):
     run_dir = runner.root / "crashy_ddp"
     args = [*COMMON, *TWO, "fsdp=ddp", "distributed.nproc_per_node=2", f"hydra.run.dir={run_dir}"]
     # 1. rank 0 SIGKILLed while writing checkpoint-4 (the weights are on disk, the rest is not)
-    code, _ = runner.run(args, "crashy_1.log", env={"VICUNA_SFT_TEST_KILL_IN_SAVE": "4"}, ok=False)
+    code, _ = runner.run([*args, override("KillDuringSave", step=4)], "crashy_1.log", ok=False)
     assert code != 0
     half = run_dir / "checkpoint-4"
     assert half.is_dir() and not (half / "COMPLETE").exists()
@@ -419,3 +441,19 @@ def test_a_failing_worker_gives_a_clear_error(tmp_path, run_module):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "unknown role 'robot'" in r.stderr
     assert "vicuna_sft: error: distributed run failed (rank 0 exit code" in r.stderr
+
+
+def test_hybrid_shard_under_torchrun_on_one_node_is_refused_for_the_right_reason(runner):
+    """The node count comes from the launcher's environment (process.layout): 2 ranks on 1 node."""
+    run_dir = runner.root / "hybrid"
+    code, log = runner.run(
+        [*COMMON, *TWO, "fsdp=hybrid_shard", f"hydra.run.dir={run_dir}"],
+        "hybrid.log",
+        torchrun=True,
+        ok=False,
+    )
+    assert code != 0
+    assert "fsdp=hybrid_shard shards within a node" in log and "got world size 2 on 1 node(s)" in log, log[
+        -3000:
+    ]
+    assert not (run_dir / "data_stats.json").exists()  # refused before any data was encoded

@@ -12,13 +12,19 @@ import torch
 from safetensors.torch import load_file
 
 from vicuna_sft.data.collate import Collator, pad_id_for
-from vicuna_sft.data.conversation import Conversation, generation_prompt
+from vicuna_sft.data.conversation import ASSISTANT, SEP, USER, Conversation, render
 from vicuna_sft.data.encode import Encoder
 from vicuna_sft.data.records import load_conversations
 
 pytestmark = pytest.mark.slow
 
 SMOKE = ["experiment=smoke"]  # the default data.padding (packed), as users run it
+
+
+def generation_prompt(system: str, history: list[tuple[str, str]], user: str) -> str:
+    """What the model sees at inference: the prompt up to `ASSISTANT:` (no trailing space)."""
+    done = render(Conversation("", system, tuple(history))) if history else system + SEP
+    return done + f"{USER}: {user}{SEP}{ASSISTANT}:"
 
 
 def overrides(out, *extra):
@@ -183,3 +189,39 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path, run_module):
     rows = json.loads((sweep / "summary.json").read_text())
     assert [(row["job"], row["status"]) for row in rows] == [("0", "failed"), ("1", "completed")]
     assert rows[1]["global_step"] == 4
+
+
+def test_trainer_callbacks_add_a_real_transformers_callback(tmp_path, run_module):
+    """`trainer.callbacks`: EarlyStoppingCallback from the config. With a threshold no eval can beat,
+    patience 1 stops the run at the second evaluation (step 2 of 40)."""
+    out = tmp_path / "run"
+    early = (
+        "trainer.callbacks=[{_target_: transformers.EarlyStoppingCallback, "
+        "early_stopping_patience: 1, early_stopping_threshold: 100.0}]"
+    )
+    args = overrides(
+        out, early, "trainer.eval_strategy=steps", "trainer.eval_steps=1", "trainer.save_steps=100"
+    )
+    r = run_module("vicuna_sft", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "result.json").read_text())["global_step"] == 2
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        (
+            "{_target_: transformers.NoSuchCallback}",
+            "trainer.callbacks[0]: cannot instantiate transformers.NoSuchCallback",
+        ),
+        (
+            "{_target_: collections.OrderedDict}",
+            "trainer.callbacks[0]: collections.OrderedDict is not a transformers.TrainerCallback",
+        ),
+        ("{patience: 3}", "trainer.callbacks[0] needs a _target_"),
+    ],
+)
+def test_a_bad_callback_is_a_clear_error(tmp_path, run_module, node, message):
+    r = run_module("vicuna_sft", *overrides(tmp_path / "run", f"trainer.callbacks=[{node}]"), cwd=tmp_path)
+    assert r.returncode == 1 and message in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr

@@ -9,12 +9,13 @@ import pathlib
 from types import SimpleNamespace
 
 import pytest
+from conftest import conf_dir
 
 import vicuna_sft
 from vicuna_sft.config import AttentionImpl, Dtype, Padding, Precision
 
 PKG = pathlib.Path(vicuna_sft.__file__).parent
-CONF = PKG.parent / "conf" if (PKG.parent / "conf").is_dir() else PKG / "conf"
+CONF = conf_dir()
 
 
 def _module_file(name: str) -> pathlib.Path | None:
@@ -55,11 +56,11 @@ def test_trainer_flow_imports_nothing_from_attention():
     seen, todo = set(), ["vicuna_sft.run"]
     while todo:
         mod = todo.pop()
-        if mod in seen or mod == "vicuna_sft.model":  # model.py is where the variant is applied
+        if mod in seen or mod == "vicuna_sft.model.loading":  # where the variant is applied
             continue
         seen.add(mod)
         todo += sorted(_imports(mod))
-    assert "vicuna_sft.arguments" in seen and "vicuna_sft.data.collate" in seen  # the walk works
+    assert "vicuna_sft.training.arguments" in seen and "vicuna_sft.data.collate" in seen  # the walk works
     assert not [m for m in seen if m.startswith("vicuna_sft.attention")], sorted(seen)
 
 
@@ -159,7 +160,7 @@ def test_load_model_fails_before_touching_the_model(impl):
         ModelConfig,
         OptimizerConfig,
     )
-    from vicuna_sft.model import load_model
+    from vicuna_sft.model.loading import load_model
 
     cfg = Config(
         model=ModelConfig(name_or_path="/nonexistent/model"),

@@ -6,25 +6,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from importlib import resources
 from typing import Any
 
 import pytest
+from conftest import conf_dir
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from vicuna_sft import config as C
-from vicuna_sft.arguments import ConfigError, gradient_accumulation, to_training_arguments
 from vicuna_sft.config import register_configs, to_config
+from vicuna_sft.training.arguments import to_training_arguments
+from vicuna_sft.validation import ConfigError, gradient_accumulation
 
 WRAP = ["LlamaDecoderLayer"]  # what LlamaForCausalLM._no_split_modules names
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
 def conf_groups() -> dict[str, list[str]]:
-    root = resources.files("vicuna_sft.conf")
+    root = conf_dir()
     return {
         d.name: sorted(f.name[: -len(".yaml")] for f in d.iterdir() if f.name.endswith(".yaml"))
         for d in root.iterdir()
@@ -66,7 +67,8 @@ def recorded(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(transformers, "TrainingArguments", Recorder)
 
     def _args(cfg: C.Config, world_size: int = 1, wrap_classes: list[str] | None = WRAP) -> dict:
-        return to_training_arguments(cfg, world_size, wrap_classes=wrap_classes).kwargs
+        cfg.distributed.nproc_per_node = world_size  # the layout planned before launching (process.layout)
+        return to_training_arguments(cfg, wrap_classes=wrap_classes).kwargs
 
     return _args
 
@@ -177,6 +179,7 @@ EVERY_FIELD = [
     "trainer.save_total_limit=4",
     "trainer.eval_strategy=steps",
     "trainer.eval_steps=6",
+    "trainer.metric_for_best_model=accuracy",
     "trainer.seed=123",
     "trainer.dataloader_num_workers=1",
     "trainer.report_to=[tensorboard]",
@@ -189,7 +192,7 @@ def test_every_field_lands_in_the_real_training_arguments(make):
     from transformers import TrainingArguments
 
     cfg = to_config(make(*EVERY_FIELD))
-    args = to_training_arguments(cfg, world_size=1, wrap_classes=WRAP)
+    args = to_training_arguments(cfg, wrap_classes=WRAP)
     assert isinstance(args, TrainingArguments)
     expected = {
         "output_dir": cfg.trainer.output_dir,
@@ -209,6 +212,7 @@ def test_every_field_lands_in_the_real_training_arguments(make):
         "save_steps": 5,
         "save_total_limit": None,  # rotated by our callback once the newest checkpoint is complete
         "eval_steps": 6,
+        "metric_for_best_model": "accuracy",
         "seed": 123,
         "data_seed": 123,
         "dataloader_num_workers": 1,

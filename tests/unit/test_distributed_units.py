@@ -13,10 +13,12 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from vicuna_sft import checkpoint, distributed, fsdp_cpu, ranks
-from vicuna_sft.arguments import ConfigError, fsdp_arguments
 from vicuna_sft.config import FsdpStrategy, register_configs, to_config
 from vicuna_sft.errors import UserError
+from vicuna_sft.launch import agreement, entry
+from vicuna_sft.training import checkpoint, fsdp_cpu
+from vicuna_sft.training.arguments import fsdp_arguments
+from vicuna_sft.validation import ConfigError
 
 WRAP = ["LlamaDecoderLayer"]
 
@@ -159,8 +161,8 @@ def test_rotation_keeps_the_newest_complete_checkpoints_only(tmp_path):
 
 def test_alone_means_no_store_and_no_checks(make, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert ranks.exchange("x", "v") == ["v"]
-    assert ranks.launcher_store() is None
+    assert agreement.exchange("x", "v") == ["v"]
+    assert agreement.launcher_store() is None
 
 
 def test_layout_must_match_the_external_launcher(make, monkeypatch):
@@ -169,21 +171,20 @@ def test_layout_must_match_the_external_launcher(make, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    with pytest.raises(distributed.LaunchError, match=r"nproc_per_node=4 .* started 2 per node"):
-        distributed.check_layout(cfg)
-    distributed.check_layout(make())  # no distributed.* override: the launcher decides
+    with pytest.raises(entry.LaunchError, match=r"nproc_per_node=4 .* started 2 per node"):
+        entry.check_layout(cfg)
+    entry.check_layout(make())  # no distributed.* override: the launcher decides
 
 
 def test_multi_node_self_launch_needs_an_endpoint(make):
-    from omegaconf import OmegaConf
 
     cfg = make("distributed.nnodes=2")
-    with pytest.raises(distributed.LaunchError, match="rdzv_endpoint"):
-        distributed.launch(OmegaConf.structured(cfg), cfg)
+    with pytest.raises(entry.LaunchError, match="rdzv_endpoint"):
+        entry.launch(cfg)
 
 
 def test_distributed_module_imports_no_torch():
-    code = "import sys, vicuna_sft.distributed, vicuna_sft.slurm; assert 'torch' not in sys.modules"
+    code = "import sys, vicuna_sft.launch.entry, vicuna_sft.launch.slurm; assert 'torch' not in sys.modules"
     subprocess.run(
         [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     )
@@ -216,9 +217,23 @@ def test_cpu_fsdp_adaptation_applies_only_where_accelerate_would_downgrade():
 
 
 def test_fsdp_needs_a_process_group_even_on_one_process(make):
-    from vicuna_sft.distributed import needs_process_group
+    from vicuna_sft.launch.entry import needs_process_group
 
     assert not needs_process_group(make())
     assert not needs_process_group(make("fsdp=ddp"))
     assert needs_process_group(make("fsdp=full_shard"))
     assert needs_process_group(make("distributed.nproc_per_node=2"))
+
+
+def test_one_layout_helper_for_world_size_and_nodes(make, monkeypatch):
+    from vicuna_sft.process import layout
+
+    for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert layout(make("distributed.nproc_per_node=4", "distributed.nnodes=2")) == (8, 2)  # planned
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    # in a worker the launcher decided, whatever the config says
+    assert layout(make()) == (4, 2) == layout(make("distributed.nnodes=3"))

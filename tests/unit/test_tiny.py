@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from vicuna_sft.tiny import build_tiny, ensure_tiny, is_complete, sample_conversations_path
+from vicuna_sft.model.tiny import build_tiny, ensure_tiny, is_built, sample_conversations_path
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,7 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = (
-        "import sys, vicuna_sft.tiny; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
-    )
+    code = "import sys, vicuna_sft.model.tiny; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run(
         [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     )
@@ -44,7 +42,7 @@ def test_sample_file_shape():
 
 def test_files_and_config(tiny_dir, loaded):
     model, tok = loaded
-    assert is_complete(tiny_dir)
+    assert is_built(tiny_dir)
     assert (tiny_dir / "model.safetensors").is_file()
     cfg = model.config
     assert cfg.vocab_size == len(tok) <= 1024
@@ -104,7 +102,7 @@ def test_concurrent_builds_leave_one_valid_dir(tmp_path: pathlib.Path):
     for p in procs:
         p.join(timeout=180)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert is_complete(dest)
+    assert is_built(dest)
     # Only the destination and its lock file remain: no temporary build directories.
     assert sorted(x.name for x in tmp_path.iterdir()) == ["tiny-llama", "tiny-llama.lock"]
 
@@ -122,7 +120,7 @@ def test_recovers_from_crashed_build(tmp_path: pathlib.Path):
     (stale / "config.json").write_text("{}")
     dest.mkdir()  # an empty destination (e.g. created by hand) is replaced
     assert ensure_tiny(dest) == dest.absolute()
-    assert is_complete(dest)
+    assert is_built(dest)
     assert not stale.exists()
 
 

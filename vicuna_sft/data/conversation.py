@@ -45,12 +45,6 @@ def render(conv: Conversation, eos: str = EOS_TEXT) -> str:
     return "".join(s.text + eos for s in segments(conv))
 
 
-def generation_prompt(system: str, history: list[tuple[str, str]], user: str) -> str:
-    """What the model sees at inference: the prompt up to `ASSISTANT:` (no trailing space)."""
-    done = render(Conversation("", system, tuple(history))) if history else system + SEP
-    return done + f"{USER}: {user}{SEP}{ASSISTANT}:"
-
-
 # The same prompt as a Jinja chat template, saved with the final tokenizer so that
 # `apply_chat_template(messages, add_generation_prompt=True)` reproduces the training text.
 # Written without newlines between tags: transformers compiles templates with trim_blocks.

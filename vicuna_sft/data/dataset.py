@@ -39,9 +39,29 @@ class Datasets:
         return {k: v for k, v in seen.items() if v}
 
 
+def report_data(stats: dict[str, Any], out: str) -> None:
+    """Log what was read, kept, dropped and adjusted; rank 0 writes `<out>/data_stats.json`."""
+    import json
+    import os
+
+    from ..process import rank
+
+    for path, s in stats["records"].items():
+        msg = f"data {path}: {s['read']} records read, {s['kept']} kept"
+        if s["dropped"]:
+            msg += f", dropped {s['dropped']}"
+        if s["adjusted"]:
+            msg += f", adjusted {s['adjusted']}"
+        log.info(msg)
+    for split in ("train", "eval"):
+        if split in stats:
+            log.info("%s samples: %s", split, stats[split])
+    if rank() == 0:
+        with open(os.path.join(out, "data_stats.json"), "w") as f:
+            json.dump(stats, f, indent=2)
+
+
 def split_eval(convs: list[Conversation], fraction: float, seed: int) -> tuple[list, list]:
-    if not 0.0 <= fraction < 1.0:
-        raise DataError(f"data.eval_fraction must be in [0, 1), got {fraction}")
     if fraction == 0.0:
         return convs, []
     n_eval = max(1, round(len(convs) * fraction))

@@ -63,12 +63,8 @@ class Encoder:
     """Encodes conversations for one tokenizer. Picklable (for `datasets.map(num_proc=...)`)."""
 
     def __init__(self, tokenizer: Any, max_length: int):
-        if not getattr(tokenizer, "is_fast", False):
-            raise ValueError(f"{type(tokenizer).__name__}: vicuna_sft needs a fast (tokenizers) tokenizer")
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token to close assistant replies with")
-        if max_length <= 0:
-            raise ValueError(f"max_length must be positive, got {max_length}")
         self.max_length = max_length
         self.eos_id = tokenizer.eos_token_id
         self.eos_text = tokenizer.eos_token

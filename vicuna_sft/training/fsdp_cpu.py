@@ -14,7 +14,7 @@ FSDP. An accelerate version outside the tested range is refused, never silently 
 import logging
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,33 +1,10 @@
 """The one place where the config becomes `transformers.TrainingArguments` (transformers 5.x)."""
 
-import os
 from typing import Any
 
-from .config import Config, FsdpStrategy, Precision, Strategy, TrainerConfig
-from .errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    pass
-
-
-def gradient_accumulation(t: TrainerConfig, world_size: int) -> int:
-    """Derived from `global_batch_size` when it is set (FastChat's 128 sequences per step)."""
-    if t.global_batch_size is None:
-        return t.gradient_accumulation_steps
-    per_step = t.per_device_train_batch_size * world_size
-    if t.global_batch_size % per_step:
-        raise ConfigError(
-            f"trainer.global_batch_size={t.global_batch_size} is not divisible by per_device_train_batch_size "
-            f"({t.per_device_train_batch_size}) x world size ({world_size}) = {per_step}"
-        )
-    accum = t.global_batch_size // per_step
-    if t.gradient_accumulation_steps not in (1, accum):
-        raise ConfigError(
-            f"trainer.gradient_accumulation_steps={t.gradient_accumulation_steps} contradicts "
-            f"global_batch_size={t.global_batch_size} (which gives {accum}); set only one of them"
-        )
-    return accum
+from ..config import Config, FsdpStrategy, Precision, Strategy
+from ..process import layout
+from ..validation import ConfigError, gradient_accumulation
 
 
 def fsdp_arguments(
@@ -79,53 +56,22 @@ def fsdp_arguments(
     }
 
 
-def validate(cfg: Config) -> None:
-    """Value checks the schema's types cannot express; run at startup, before anything loads."""
-    t, o, d = cfg.trainer, cfg.optimizer, cfg.data
-    checks = [
-        (d.max_length > 0, f"data.max_length must be > 0, got {d.max_length}"),
-        (d.num_proc >= 1, f"data.num_proc must be >= 1, got {d.num_proc}"),
-        (o.lr > 0, f"optimizer.lr must be > 0, got {o.lr}"),
-        (o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {o.weight_decay}"),
-        (0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio must be in [0, 1), got {o.warmup_ratio}"),
-        (o.max_grad_norm >= 0, f"optimizer.max_grad_norm must be >= 0, got {o.max_grad_norm}"),
-        (t.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size must be >= 1"),
-        (t.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps must be >= 1"),
-        (
-            t.max_steps > 0 or t.num_train_epochs > 0,
-            "set trainer.max_steps > 0 or trainer.num_train_epochs > 0",
-        ),
-        (t.logging_steps > 0, f"trainer.logging_steps must be > 0, got {t.logging_steps}"),
-        (t.save_steps > 0, f"trainer.save_steps must be > 0, got {t.save_steps}"),
-        (t.eval_steps is None or t.eval_steps > 0, f"trainer.eval_steps must be > 0, got {t.eval_steps}"),
-        (0 <= d.eval_fraction < 1, f"data.eval_fraction must be in [0, 1), got {d.eval_fraction}"),
-        (
-            t.eval_strategy == Strategy.no or d.eval_path or d.eval_fraction > 0,
-            f"trainer.eval_strategy={t.eval_strategy.value} needs eval data: set data.eval_fraction > 0 or "
-            "data.eval_path, or trainer.eval_strategy=no",
-        ),
-    ]
-    errors = [msg for ok, msg in checks if not ok]
-    if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-
-
-def check_fsdp(cfg: Config, world_size: int, nnodes: int) -> None:
+def check_fsdp(cfg: Config) -> None:
     """The FSDP refusals of `fsdp_arguments`, before any process starts or any data is encoded
     (the wrap class is only known once the model loads: a placeholder stands in for it here)."""
     import torch
 
-    fsdp_arguments(cfg, ["<model layer>"], world_size, nnodes, torch.cuda.is_available())
+    fsdp_arguments(cfg, ["<model layer>"], *layout(cfg), torch.cuda.is_available())
 
 
-def to_training_arguments(cfg: Config, world_size: int = 1, wrap_classes: list[str] | None = None) -> Any:
+def to_training_arguments(cfg: Config, wrap_classes: list[str] | None = None) -> Any:
+    """`cfg` is validated (validation.validate); the world size and node count come from `layout`."""
     import torch
     from transformers import TrainingArguments
 
-    validate(cfg)
     t, o = cfg.trainer, cfg.optimizer
     precision = Precision(t.precision)
-    nnodes = max(1, world_size // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    world_size, nnodes = layout(cfg)
     fsdp = fsdp_arguments(cfg, wrap_classes or [], world_size, nnodes, torch.cuda.is_available())
     if "parallelism_config" in fsdp:
         from accelerate.parallelism_config import ParallelismConfig
@@ -158,6 +104,7 @@ def to_training_arguments(cfg: Config, world_size: int = 1, wrap_classes: list[s
         save_total_limit=None,  # rotated by callbacks.CheckpointCompleteCallback, after marking complete
         eval_strategy=t.eval_strategy.value,
         eval_steps=t.eval_steps,
+        metric_for_best_model=t.metric_for_best_model or ("loss" if t.eval_strategy != Strategy.no else None),
         seed=t.seed,
         data_seed=t.seed,
         dataloader_num_workers=t.dataloader_num_workers,

@@ -29,9 +29,9 @@ import tempfile
 from collections.abc import Iterator
 from importlib import resources
 
-__all__ = ["VICUNA_SYSTEM_PROMPT", "build_tiny", "ensure_tiny", "is_complete", "sample_conversations_path"]
+__all__ = ["VICUNA_SYSTEM_PROMPT", "build_tiny", "ensure_tiny", "is_built", "sample_conversations_path"]
 
-from .data.conversation import VICUNA_SYSTEM as VICUNA_SYSTEM_PROMPT
+from ..data.conversation import VICUNA_SYSTEM as VICUNA_SYSTEM_PROMPT
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2, as in Llama/Vicuna
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -50,7 +50,7 @@ def sample_conversations_path() -> pathlib.Path:
     return pathlib.Path(str(resources.files("vicuna_sft") / "assets" / "sample_conversations.json"))
 
 
-def is_complete(path: str | os.PathLike) -> bool:
+def is_built(path: str | os.PathLike) -> bool:
     """True if ``path`` holds a model config and tokenizer files."""
     p = pathlib.Path(path)
     return (
@@ -63,7 +63,7 @@ def is_complete(path: str | os.PathLike) -> bool:
 def ensure_tiny(path: str | os.PathLike) -> pathlib.Path:
     """Return ``path`` if it already holds the tiny model, else build it there."""
     p = pathlib.Path(path)
-    if is_complete(p):
+    if is_built(p):
         return p
     return build_tiny(p)
 
@@ -154,11 +154,11 @@ def build_tiny(path: str | os.PathLike, *, vocab_size: int = 512, seed: int = 0)
     """
     dest = pathlib.Path(path).absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if is_complete(dest):
+    if is_built(dest):
         return dest
     tmp_prefix = f".{dest.name}.tmp-"
     with _file_lock(dest.parent / f"{dest.name}.lock"):
-        if is_complete(dest):  # someone else finished while we waited
+        if is_built(dest):  # someone else finished while we waited
             return dest
         # Leftovers of crashed builds: safe to remove, only the lock holder builds.
         for stale in dest.parent.glob(tmp_prefix + "*"):
@@ -172,7 +172,7 @@ def build_tiny(path: str | os.PathLike, *, vocab_size: int = 512, seed: int = 0)
             try:
                 os.rename(tmp, dest)  # atomic; replaces an empty directory
             except OSError:
-                if is_complete(dest):  # built by a process that did not take the lock
+                if is_built(dest):  # built by a process that did not take the lock
                     return dest
                 raise
         finally:

@@ -1,4 +1,4 @@
-"""Processes: who launches the workers, where they write, and that they all run the same config.
+"""The entry of a training run: run here, or launch the workers that run.
 
 Three ways to get N ranks, one code path once they run (`run.run`):
 - `torchrun --nproc_per_node=N -m vicuna_sft ...`: every rank composes the config with Hydra.
@@ -7,12 +7,12 @@ Three ways to get N ranks, one code path once they run (`run.run`):
   once) and keeps ranks > 0 from writing `.hydra/` (they log to `<job>_rank<R>.log`).
 - `python -m vicuna_sft distributed.nproc_per_node=N ...`: Hydra runs once, in this process,
   which decides the run directory and then starts the workers through torch's elastic launcher
-  (`launch`); the workers (`python -m vicuna_sft.worker`) read the resolved config and never run
+  (`launch`); the workers (`python -m vicuna_sft.launch.worker`) read the resolved config and never run
   Hydra. Multirun sweeps therefore work: one elastic launch per job, one summary at the root.
-- SLURM through hydra-submitit-launcher: see vicuna_sft/slurm.py.
+- SLURM through hydra-submitit-launcher: see launch/slurm.py.
 
-Every worker dies with its launcher (`PR_SET_PDEATHSIG`), and `ranks.enter_worker` compares a hash of
-the resolved config across ranks before anything heavy happens.
+Every worker dies with its launcher (`PR_SET_PDEATHSIG`), and `agreement.enter_worker` compares a
+hash of the resolved config across ranks before anything heavy happens.
 """
 
 import hashlib
@@ -23,13 +23,13 @@ import socket
 import sys
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
-from .arguments import validate
-from .config import Config, FsdpStrategy, RdzvBackend, to_config
-from .errors import UserError
-from .ranks import LAUNCHER_PID, exchange, is_worker, rank, resolved_body, world_size
+from ..config import Config, FsdpStrategy, RdzvBackend, as_dict
+from ..errors import UserError
+from ..process import is_worker, world_size
+from ..validation import checked
+from .agreement import LAUNCHER_PID, enter_worker
 
 log = logging.getLogger("vicuna_sft")
 
@@ -53,10 +53,6 @@ def needs_process_group(cfg: Config) -> bool:
 def check_layout(cfg: Config) -> None:
     """Under an external launcher, the config's layout (if set) must match the environment's."""
     d = cfg.distributed
-    if d.nproc_per_node < 1 or d.nnodes < 1:
-        raise LaunchError(
-            f"distributed.nproc_per_node and nnodes must be >= 1, got {d.nproc_per_node}, {d.nnodes}"
-        )
     if not is_worker() or requested_processes(cfg) == 1:
         return
     local = int(os.environ.get("LOCAL_WORLD_SIZE", d.nproc_per_node))
@@ -72,24 +68,29 @@ def check_layout(cfg: Config) -> None:
 
 def entry(dcfg: DictConfig) -> dict[str, Any]:
     """What `python -m vicuna_sft` does with a composed config."""
-    cfg = to_config(dcfg)
-    validate(cfg)  # bad values fail here, before torch is even imported
+    cfg = checked(dcfg)  # bad values fail here, before torch is even imported
     check_layout(cfg)
     preflight(cfg)
     if needs_process_group(cfg) and not is_worker():
-        return launch(dcfg, cfg)
-    from .run import run
+        return launch(cfg)
+    return run_worker(cfg)
 
-    return run(dcfg)
+
+def run_worker(cfg: Config) -> dict[str, Any]:
+    """This process is one rank (or the only process): agree with the other ranks, then run."""
+    from ..run import run
+
+    enter_worker(cfg)
+    return run(cfg)
 
 
 def preflight(cfg: Config) -> None:
     """Refuse what cannot run here before workers start, data is encoded or weights load."""
-    from .arguments import check_fsdp
-    from .model import check_attention
+    from ..model.loading import check_attention
+    from ..training.arguments import check_fsdp
 
     check_attention(cfg)
-    check_fsdp(cfg, requested_processes(cfg) if not is_worker() else world_size(), cfg.distributed.nnodes)
+    check_fsdp(cfg)
 
 
 def free_port() -> int:
@@ -98,19 +99,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
+def launch(cfg: Config) -> dict[str, Any]:
     """Start nproc_per_node workers on this node through torch's elastic launcher and wait."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from .summary import RESULT_FILE
+    from ..training.result import RESULT_FILE
 
     d = cfg.distributed
     if d.nnodes > 1 and not d.rdzv_endpoint:
         raise LaunchError("distributed.nnodes > 1 needs distributed.rdzv_endpoint=<host of node 0>:<port>")
     out = os.path.abspath(cfg.trainer.output_dir)
     os.makedirs(out, exist_ok=True)
-    body = resolved_body(dcfg)
+    body = as_dict(cfg)
     body["trainer"]["output_dir"] = out
     name = WORKER_CONFIG if d.node_rank == 0 else WORKER_CONFIG.replace(".yaml", f".node{d.node_rank}.yaml")
     path = os.path.join(out, name)
@@ -147,9 +148,9 @@ def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
         run_id,
         out,
     )
-    os.environ[LAUNCHER_PID] = str(os.getpid())  # inherited by the workers, see ranks.die_with_parent
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # inherited by the workers, see agreement.die_with_parent
     try:
-        elastic_launch(config, sys.executable)("-u", "-m", "vicuna_sft.worker", path)
+        elastic_launch(config, sys.executable)("-u", "-m", "vicuna_sft.launch.worker", path)
     except ChildFailedError as e:
         failures = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
         raise LaunchError(f"distributed run failed ({failures}); the workers' messages are above") from None
@@ -158,41 +159,3 @@ def launch(dcfg: DictConfig, cfg: Config) -> dict[str, Any]:
         with open(result_file) as f:
             result = json.load(f)
     return result
-
-
-# ---- Hydra under an external launcher (torchrun) -------------------------------------------------
-
-
-class RankAwareHydra(Callback):
-    """Under torchrun every rank runs Hydra: one run directory (rank 0's), one `.hydra/`."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        node = OmegaConf.select(config, "distributed.node_rank", default=0)
-        if not is_worker() and node:  # the launcher of another node of a multi-node self-launch
-            self._quiet(config, str(config.hydra.run.dir), f"node{node}")
-        if world_size() < 2:
-            return
-        # rank 0 resolves the run dir (a `${now:}` in it included) once; the others take its value
-        run_dir = exchange("run_dir", str(config.hydra.run.dir) if rank() == 0 else "")[0]
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.run.dir = run_dir
-        if rank() > 0:
-            self._quiet(config, run_dir, f"rank{rank()}")
-
-    @staticmethod
-    def _quiet(config: DictConfig, run_dir: str, who: str) -> None:
-        """No `.hydra/` from this process, and its own log file."""
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.output_subdir = None
-            handlers = OmegaConf.select(config, "hydra.job_logging.handlers") or {}
-            if "file" in handlers:
-                config.hydra.job_logging.handlers.file.filename = (
-                    f"{run_dir}/{config.hydra.job.name}_{who}.log"
-                )
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if world_size() > 1 or is_worker():
-            raise LaunchError(
-                "a Hydra sweep (-m) under torchrun would run every job in every rank; sweep with "
-                "`python -m vicuna_sft -m distributed.nproc_per_node=N ...` instead (one launch per job)"
-            )

@@ -1,5 +1,8 @@
-"""Trainer callbacks shared by every run."""
+"""Test-only Trainer callbacks, reached by runs (and self-launched workers) through their config:
+`trainer.callbacks=[{_target_: vicuna_test_callbacks.KillDuringSave, step: 2}]` (tests/ is on the
+PYTHONPATH of every process the tests start)."""
 
+import json
 import os
 import signal
 import threading
@@ -7,45 +10,9 @@ import time
 
 from transformers import TrainerCallback
 
-from .checkpoint import AlreadyFinished, mark_complete, rotate, write_fingerprint
-
-# test-only: SIGKILL rank 0 while it writes checkpoint-<step> (after the weights, before the rest)
-KILL_IN_SAVE_ENV = "VICUNA_SFT_TEST_KILL_IN_SAVE"
-
-
-class CheckpointCompleteCallback(TrainerCallback):
-    """Marks `checkpoint-N` complete once every rank has returned from writing it, after recording
-    the run's math-relevant config (checkpoint.run_fingerprint) in it."""
-
-    def __init__(self, fingerprint: dict | None = None, save_total_limit: int | None = None):
-        self.fingerprint = fingerprint
-        self.save_total_limit = save_total_limit
-
-    def on_save(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if state.is_world_process_zero and os.path.isdir(path):
-            if self.fingerprint is not None:
-                write_fingerprint(path, self.fingerprint)
-            mark_complete(path, state.global_step)
-            rotate(args.output_dir, self.save_total_limit)
-        return control
-
-
-class StopWhenFinished(TrainerCallback):
-    """Resumed from a checkpoint already at max_steps: stop before the Trainer runs another step."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.max_steps > 0 and state.global_step >= state.max_steps:
-            raise AlreadyFinished(state.global_step)
-        return control
-
 
 class KillDuringSave(TrainerCallback):
-    """Test hook (`VICUNA_SFT_TEST_KILL_IN_SAVE=<step>`): on rank 0, SIGKILL this process as soon
+    """On rank 0, SIGKILL this process as soon
     as the weights of checkpoint-<step> appear on disk, i.e. in the middle of writing it."""
 
     WEIGHTS = ("model.safetensors", "pytorch_model_fsdp_0", "pytorch_model_fsdp.bin")
@@ -71,7 +38,7 @@ class KillDuringSave(TrainerCallback):
 
 
 class LayoutReport(TrainerCallback):
-    """Test hook (`VICUNA_SFT_TEST_REPORT=<dir>`): each rank writes `layout_rank<R>.json` with how
+    """Each rank writes `layout_rank<R>.json` with how
     its parameters are held (DTensor placements, local vs global size) and, at the end, the loss
     of the in-memory (possibly sharded) model on a fixed text, for comparison with the saved one."""
 
@@ -97,8 +64,6 @@ class LayoutReport(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        import json
-
         import torch
 
         batch = processing_class([self.TEXT], return_tensors="pt").to(args.device)
@@ -111,13 +76,7 @@ class LayoutReport(TrainerCallback):
         return control
 
 
-REPORT_ENV = "VICUNA_SFT_TEST_REPORT"
-
-
-def default_callbacks(
-    fingerprint: dict | None = None, save_total_limit: int | None = None
-) -> list[TrainerCallback]:
-    # the test hook first: its on_save must run before the checkpoint is marked complete
-    hook = [KillDuringSave(int(os.environ[KILL_IN_SAVE_ENV]))] if os.environ.get(KILL_IN_SAVE_ENV) else []
-    report = [LayoutReport(os.environ[REPORT_ENV])] if os.environ.get(REPORT_ENV) else []
-    return [*hook, CheckpointCompleteCallback(fingerprint, save_total_limit), StopWhenFinished(), *report]
+def override(name: str, **kwargs) -> str:
+    """The `trainer.callbacks=[...]` command-line override that adds the callback `name` of this module."""
+    args = "".join(f", {k}: {v!r}" if isinstance(v, str) else f", {k}: {v}" for k, v in kwargs.items())
+    return f"trainer.callbacks=[{{_target_: {__name__}.{name}{args}}}]"

@@ -7,9 +7,9 @@ import os
 import re
 from typing import Any
 
-from . import attention
-from .config import Builtin, Config, ModelConfig, builtin_path
-from .errors import UserError
+from .. import attention
+from ..config import Builtin, Config, ModelConfig, builtin_path
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

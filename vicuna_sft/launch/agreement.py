@@ -1,6 +1,6 @@
 """What the ranks of one run share: who they are, their launcher, and the same resolved config.
 
-Used inside every worker (torchrun, our elastic launch, SLURM tasks): `enter_worker` ties the
+Used by every worker (torchrun, our elastic launch, SLURM tasks) before it runs: `enter_worker` ties the
 process to its launcher (it must not outlive it) and compares a hash of the resolved config across
 ranks through the launcher's key-value store before anything heavy happens.
 """
@@ -12,35 +12,17 @@ import os
 import sys
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from .errors import UserError
+from ..config import Config, as_dict
+from ..errors import UserError
+from ..process import rank, world_size
 
 log = logging.getLogger("vicuna_sft")
 
-LAUNCHER_PID = "VICUNA_SFT_LAUNCHER_PID"  # set by distributed.launch, inherited by its workers
+LAUNCHER_PID = "VICUNA_SFT_LAUNCHER_PID"  # set by launch.entry.launch, inherited by its workers
 
 
 class ConfigMismatch(UserError, RuntimeError):
     pass
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_worker() -> bool:
-    """Ranks come from the environment (torchrun, our launcher, SLURM tasks)."""
-    return "LOCAL_RANK" in os.environ and "RANK" in os.environ
-
-
-def resolved_body(dcfg: DictConfig) -> dict[str, Any]:
-    """The config as plain values (interpolations resolved here, once), without `hydra`."""
-    return {k: v for k, v in OmegaConf.to_container(dcfg, resolve=True).items() if k != "hydra"}
 
 
 def die_with_parent() -> None:
@@ -82,7 +64,7 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def launcher_store(timeout_s: float = 300.0) -> Any:
-    """The key-value store the launcher hosts for its workers (torchrun, elastic_launch, slurm.py),
+    """The key-value store the launcher hosts for its workers (torchrun, elastic_launch, launch/slurm.py),
     or None when this process was not started by one."""
     if world_size() < 2 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
         return None
@@ -113,10 +95,10 @@ def exchange(name: str, value: str, store: Any = None) -> list[str]:
     return [store.get(f"{key}/{r}").decode() for r in range(world_size())]
 
 
-def enter_worker(dcfg: DictConfig) -> str:
+def enter_worker(cfg: Config) -> str:
     """Tie this process to its launcher; stop unless every rank resolved the same config.
     Returns this rank's config hash (logged)."""
-    body = resolved_body(dcfg)
+    body = as_dict(cfg)
     body.get("distributed", {}).pop("node_rank", None)  # the one field that differs between nodes
     digest = config_hash(body)
     if world_size() < 2:

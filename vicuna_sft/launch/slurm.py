@@ -7,6 +7,10 @@ environment), host on rank 0 the key-value store the ranks share (as torchrun's 
 `init_process_group` then joins it instead of opening its own), and keep ranks > 0 from writing
 `.hydra/` (they log to `<job>_rank<R>.log`). The sweep and job directories were decided once, by
 the submitting process. Configs: conf/hydra/launcher/slurm.yaml and slurm_local.yaml.
+
+The launcher classes themselves are one-line mixes of `TasksAreRanks` into submitit's launchers in
+hydra_plugins/vicuna_sft_launcher: Hydra instantiates launchers only from classes defined under
+the `hydra_plugins` namespace, which it discovers by itself (the one registration path).
 """
 
 import os
@@ -14,7 +18,7 @@ from typing import Any
 
 
 class TasksAreRanks:
-    """Mixed into the submitit launchers by hydra_plugins/vicuna_sft_launcher."""
+    """Turns each submitit task into a torch.distributed rank before the Hydra job runs."""
 
     _store: Any = None
 
@@ -54,17 +58,3 @@ def export_rank_environment() -> list[str]:
             )
         os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
     return []
-
-
-def register_launchers() -> None:
-    """Make hydra/launcher=slurm|slurm_local findable. Hydra discovers launchers by scanning the
-    `hydra_plugins` namespace on disk, which misses an editable install's mapped modules."""
-    try:
-        from hydra_plugins.vicuna_sft_launcher import launcher
-    except ImportError:  # hydra-submitit-launcher not installed: the launchers are not offered
-        return
-    from hydra.core.plugins import Plugins
-
-    plugins = Plugins.instance()
-    for cls in (launcher.RankedSlurmLauncher, launcher.RankedLocalLauncher):
-        plugins._register(cls)

@@ -14,8 +14,8 @@ import shutil
 import time
 from typing import Any
 
-from .errors import UserError
-from .ranks import rank
+from ..errors import UserError
+from ..process import rank
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def rotate(output_dir: str, keep: int | None) -> None:
 
 def run_fingerprint(cfg: Any, world_size: int) -> dict[str, Any]:
     """What a checkpoint's run must share with this one for resuming to continue the same math."""
-    from .arguments import gradient_accumulation
+    from ..validation import gradient_accumulation
 
     m, d, t = cfg.model, cfg.data, cfg.trainer
     value = lambda x: getattr(x, "value", x)  # noqa: E731  (enums as their values)
@@ -170,20 +170,6 @@ def check_compatible(path: str, fingerprint: dict[str, Any], allow_change: bool)
         f"refusing to resume: {msg}\nSet trainer.resume_on_config_change=true to resume anyway, "
         "trainer.resume=never to start over, or another hydra.run.dir"
     )
-
-
-class AlreadyFinished(Exception):
-    """Raised at train begin when the resumed checkpoint already reached max_steps."""
-
-
-def train(trainer: Any, resume: str | None) -> None:
-    """`trainer.train`, except that a checkpoint already at max_steps trains no extra step: the
-    Trainer would run one more before checking; `callbacks.StopWhenFinished` stops it first, after
-    the checkpoint's weights and state are loaded."""
-    try:
-        trainer.train(resume_from_checkpoint=resume)
-    except AlreadyFinished:
-        log.info("%s is already at max_steps=%d: nothing left to train", resume, trainer.state.max_steps)
 
 
 def mark_complete(path: str, step: int) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .ranks import rank
+from ..process import rank
+from ..training.result import RESULT_FILE
 
-RESULT_FILE = "result.json"
 COLUMNS = ["job", "overrides", "status", "final_train_loss", "eval_loss", "global_step", "output_dir"]
 
 

@@ -1,0 +1,131 @@
+"""The package's architecture, checked: imports run one way and nothing cycles (issue 7).
+
+Every `import` and `from ... import` of a vicuna_sft module counts, at module level or inside a
+function: a lazy import still ties two modules together."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+
+import vicuna_sft
+
+PKG = pathlib.Path(vicuna_sft.__file__).parent
+
+# layers, lowest first: a module may import its own layer's modules and lower layers only
+LAYERS = [
+    {"errors", "process"},
+    {"config"},
+    {"validation"},
+    {"attention", "data"},
+    {"model"},
+    {"training"},
+    {"run"},
+    {"launch"},
+    {"__main__", "preprocess", "chat", "check", "commands"},  # the commands
+]
+
+
+def module_name(path: pathlib.Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, pathlib.Path]:
+    return {module_name(p): p for p in PKG.rglob("*.py") if "conf" not in p.relative_to(PKG).parts[:1]}
+
+
+def imports(name: str, path: pathlib.Path, known: set[str]) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found |= {f"{mod}.{a.name}" for a in node.names}
+    # `from . import x` names a module; `from .x import f` names x; a package import means its __init__
+    return {m for m in found if m in known and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports(name, path, set(mods)) for name, path in mods.items()}
+
+
+def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(g.get(n, ())):
+            if state.get(m) == 1:
+                return [*stack[stack.index(m) :], m]
+            if m not in state and (c := visit(m)):
+                return c
+        state[n] = 2
+        stack.pop()
+        return None
+
+    for n in sorted(g):
+        if n not in state and (c := visit(n)):
+            return c
+    return None
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    part = parts[1] if len(parts) > 1 else "__init__"
+    if parts[-1] == "__main__":  # `python -m vicuna_sft.<pkg>`: a command, whatever package holds it
+        part = "__main__"
+    for i, names in enumerate(LAYERS):
+        if part in names:
+            return i
+    raise AssertionError(f"{module}: not in any layer of tests/unit/test_layout.py; place it there")
+
+
+def test_the_walk_sees_the_package():
+    g = graph()
+    assert "vicuna_sft.training.arguments" in g["vicuna_sft.run"]
+    assert "vicuna_sft.launch.entry" in g["vicuna_sft.__main__"]  # a function-level import counts
+    assert len(g) > 30
+
+
+def test_no_import_cycle():
+    assert find_cycle(graph()) is None, f"import cycle: {' -> '.join(find_cycle(graph()) or [])}"
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_imports_run_one_way():
+    wrong = [
+        f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+        for a, targets in graph().items()
+        for b in targets
+        if a != "vicuna_sft" and b != "vicuna_sft" and layer(b) > layer(a)
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_test_switch_in_the_package():
+    r = subprocess.run(
+        ["git", "grep", "-n", "VICUNA_SFT_TEST", "--", "vicuna_sft"],
+        cwd=PKG.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert r.stdout == "", r.stdout

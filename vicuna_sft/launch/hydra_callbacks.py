@@ -1,0 +1,45 @@
+"""Hydra callbacks (conf/config.yaml) for runs under an external launcher such as torchrun."""
+
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from ..process import is_worker, rank, world_size
+from .agreement import exchange
+from .entry import LaunchError
+
+
+class RankAwareHydra(Callback):
+    """Under torchrun every rank runs Hydra: one run directory (rank 0's), one `.hydra/`."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        node = OmegaConf.select(config, "distributed.node_rank", default=0)
+        if not is_worker() and node:  # the launcher of another node of a multi-node self-launch
+            self._quiet(config, str(config.hydra.run.dir), f"node{node}")
+        if world_size() < 2:
+            return
+        # rank 0 resolves the run dir (a `${now:}` in it included) once; the others take its value
+        run_dir = exchange("run_dir", str(config.hydra.run.dir) if rank() == 0 else "")[0]
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.run.dir = run_dir
+        if rank() > 0:
+            self._quiet(config, run_dir, f"rank{rank()}")
+
+    @staticmethod
+    def _quiet(config: DictConfig, run_dir: str, who: str) -> None:
+        """No `.hydra/` from this process, and its own log file."""
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.output_subdir = None
+            handlers = OmegaConf.select(config, "hydra.job_logging.handlers") or {}
+            if "file" in handlers:
+                config.hydra.job_logging.handlers.file.filename = (
+                    f"{run_dir}/{config.hydra.job.name}_{who}.log"
+                )
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if world_size() > 1 or is_worker():
+            raise LaunchError(
+                "a Hydra sweep (-m) under torchrun would run every job in every rank; sweep with "
+                "`python -m vicuna_sft -m distributed.nproc_per_node=N ...` instead (one launch per job)"
+            )

@@ -1,0 +1,35 @@
+"""Who this process is: its rank and the launch layout, read from the environment that torchrun,
+our elastic launch and SLURM tasks set, or planned from the config before any worker starts.
+
+The lowest layer besides config: every other module asks here, so that the node count, for one,
+cannot be derived in two ways that disagree.
+"""
+
+import os
+from typing import Any
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_worker() -> bool:
+    """Ranks come from the environment (torchrun, our launcher, SLURM tasks)."""
+    return "LOCAL_RANK" in os.environ and "RANK" in os.environ
+
+
+def layout(cfg: Any) -> tuple[int, int]:
+    """(world size, number of nodes) this run trains with.
+
+    In a worker the launcher decided: WORLD_SIZE, and nodes = WORLD_SIZE // LOCAL_WORLD_SIZE.
+    Before launching, the config's request: nproc_per_node x nnodes on nnodes."""
+    if is_worker():
+        world = world_size()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        return world, max(1, world // max(local, 1))
+    d = cfg.distributed
+    return d.nproc_per_node * d.nnodes, d.nnodes

@@ -1,0 +1,43 @@
+"""The final model: a plain Hugging Face directory that `AutoModelForCausalLM.from_pretrained` loads."""
+
+import copy
+import os
+import shutil
+from typing import Any
+
+from ..config import Config, Dtype, Precision
+from ..data.conversation import CHAT_TEMPLATE
+
+
+def save_dtype(cfg: Config) -> Dtype:
+    if cfg.model.save_dtype is not None:
+        return cfg.model.save_dtype
+    return {Precision.bf16: Dtype.bfloat16, Precision.fp16: Dtype.float16}.get(
+        Precision(cfg.trainer.precision), cfg.model.dtype
+    )
+
+
+def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
+    """`final/`: safetensors in `save_dtype`, use_cache on, the Vicuna chat template.
+    Written next to its final place and renamed, so `final/` is never half-written."""
+    import torch
+
+    final = os.path.join(trainer.args.output_dir, "final")
+    dtype = getattr(torch, save_dtype(cfg).value)
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)  # full; gathered on rank 0 under FSDP
+    if trainer.args.should_save:
+        partial = final + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        model.save_pretrained(partial, state_dict=state_dict)
+        # save_pretrained records the in-memory dtype; the files hold `dtype`, and inference wants the cache
+        config = copy.deepcopy(model.config)
+        config.dtype, config.use_cache = dtype, True
+        config.save_pretrained(partial)
+        tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.save_pretrained(partial)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+    trainer.accelerator.wait_for_everyone()
+    return final

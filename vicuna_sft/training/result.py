@@ -1,0 +1,50 @@
+"""`result.json`: what a run reports when it ends (read by the sweep summary, launch/sweep.py)."""
+
+import json
+import os
+from typing import Any
+
+RESULT_FILE = "result.json"
+
+
+def final_eval(trainer: Any) -> dict[str, Any]:
+    """The eval of the final weights: the one the run just logged at its last step, else a new one."""
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    if evals and evals[-1].get("step") == trainer.state.global_step:
+        return evals[-1]
+    return trainer.evaluate()
+
+
+def run_result(trainer: Any, eval_metrics: dict, final_dir: str, resumed_from: str | None) -> dict[str, Any]:
+    losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    speed = [e for e in trainer.state.log_history if "train_tokens_per_second" in e]
+    return {
+        "output_dir": trainer.args.output_dir,
+        "final_dir": final_dir,
+        "global_step": trainer.state.global_step,
+        "first_train_loss": losses[0][1] if losses else None,
+        "final_train_loss": losses[-1][1] if losses else None,
+        "eval_loss": eval_metrics.get("eval_loss"),
+        "train_tokens_per_second": speed[-1]["train_tokens_per_second"] if speed else None,
+        "resumed_from": resumed_from,
+    }
+
+
+def write_result(result: dict[str, Any], output_dir: str) -> None:
+    with open(os.path.join(output_dir, RESULT_FILE), "w") as f:
+        json.dump(result, f, indent=2)
+
+
+def print_result(r: dict[str, Any]) -> None:
+    def fmt(x: Any) -> str:
+        return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+    print(
+        f"\nvicuna_sft: {r['global_step']} steps"
+        + (f" (resumed from {r['resumed_from']})" if r["resumed_from"] else "")
+        + f"\n  train loss  first {fmt(r['first_train_loss'])}  last {fmt(r['final_train_loss'])}"
+        + f"\n  eval loss   {fmt(r['eval_loss'])}"
+        + f"\n  outputs     {r['output_dir']}  (config.yaml, data_stats.json, checkpoint-*/, {RESULT_FILE})"
+        + f"\n  model       {r['final_dir']}  (AutoModelForCausalLM.from_pretrained)\n",
+        flush=True,
+    )

@@ -1,0 +1,77 @@
+"""Value checks the schema's types cannot express, in one place: `validate(cfg)` runs once, when
+the config is composed (launch.entry, the commands), before torch is imported or a worker starts.
+Whatever gets a `Config` afterwards (run, the TrainingArguments mapping) trusts it."""
+
+from omegaconf import DictConfig
+
+from .config import Config, Strategy, TrainerConfig, to_config
+from .errors import UserError
+from .process import layout
+
+
+class ConfigError(UserError, ValueError):
+    pass
+
+
+def gradient_accumulation(t: TrainerConfig, world_size: int) -> int:
+    """Derived from `global_batch_size` when it is set (FastChat's 128 sequences per step)."""
+    if t.global_batch_size is None:
+        return t.gradient_accumulation_steps
+    per_step = t.per_device_train_batch_size * world_size
+    if t.global_batch_size % per_step:
+        raise ConfigError(
+            f"trainer.global_batch_size={t.global_batch_size} is not divisible by per_device_train_batch_size "
+            f"({t.per_device_train_batch_size}) x world size ({world_size}) = {per_step}"
+        )
+    accum = t.global_batch_size // per_step
+    if t.gradient_accumulation_steps not in (1, accum):
+        raise ConfigError(
+            f"trainer.gradient_accumulation_steps={t.gradient_accumulation_steps} contradicts "
+            f"global_batch_size={t.global_batch_size} (which gives {accum}); set only one of them"
+        )
+    return accum
+
+
+def validate(cfg: Config) -> None:
+    """Value checks the schema's types cannot express; run at startup, before anything loads."""
+    t, o, d = cfg.trainer, cfg.optimizer, cfg.data
+    checks = [
+        (
+            cfg.distributed.nproc_per_node >= 1 and cfg.distributed.nnodes >= 1,
+            "distributed.nproc_per_node and distributed.nnodes must be >= 1, got "
+            f"{cfg.distributed.nproc_per_node}, {cfg.distributed.nnodes}",
+        ),
+        (d.max_length > 0, f"data.max_length must be > 0, got {d.max_length}"),
+        (d.num_proc >= 1, f"data.num_proc must be >= 1, got {d.num_proc}"),
+        (o.lr > 0, f"optimizer.lr must be > 0, got {o.lr}"),
+        (o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {o.weight_decay}"),
+        (0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio must be in [0, 1), got {o.warmup_ratio}"),
+        (o.max_grad_norm >= 0, f"optimizer.max_grad_norm must be >= 0, got {o.max_grad_norm}"),
+        (t.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size must be >= 1"),
+        (t.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps must be >= 1"),
+        (
+            t.max_steps > 0 or t.num_train_epochs > 0,
+            "set trainer.max_steps > 0 or trainer.num_train_epochs > 0",
+        ),
+        (t.logging_steps > 0, f"trainer.logging_steps must be > 0, got {t.logging_steps}"),
+        (t.save_steps > 0, f"trainer.save_steps must be > 0, got {t.save_steps}"),
+        (t.eval_steps is None or t.eval_steps > 0, f"trainer.eval_steps must be > 0, got {t.eval_steps}"),
+        (0 <= d.eval_fraction < 1, f"data.eval_fraction must be in [0, 1), got {d.eval_fraction}"),
+        (
+            t.eval_strategy == Strategy.no or d.eval_path or d.eval_fraction > 0,
+            f"trainer.eval_strategy={t.eval_strategy.value} needs eval data: set data.eval_fraction > 0 or "
+            "data.eval_path, or trainer.eval_strategy=no",
+        ),
+    ]
+    errors = [msg for ok, msg in checks if not ok]
+    if not errors:
+        gradient_accumulation(t, layout(cfg)[0])  # global_batch_size must divide for this world size
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def checked(cfg: DictConfig) -> Config:
+    """The composed config, typed and value-checked: what every command does first, once."""
+    typed = to_config(cfg)
+    validate(typed)
+    return typed
