@@ -236,12 +236,14 @@ def print_summary(stats: dict[str, Any], stats_path: str) -> None:
         f"vicuna_sft.preprocess: {stats['read']} records read, {stats['kept']} samples kept"
         + (f", dropped {stats['dropped']}" if stats["dropped"] else "")
         + (f", adjusted {stats['adjusted']}" if stats["adjusted"] else ""),
-        f"  template {stats['template']}, max_length {stats['max_length']}, tokenizer {stats['tokenizer']}",
+        f"  template {stats['template']}, max_length {stats['max_length']}, data.long={stats['long']}, "
+        f"tokenizer {stats['tokenizer']}",
     ]
     for name, s in stats["splits"].items():
         lines.append(
             f"  {name:<5} {s['kept']} samples, {s['tokens']} tokens, {s['trained_tokens']} trained, "
-            f"{s['truncated']} truncated -> {s['file']}"
+            f"{s['split']} conversations split, {s['truncated']} truncated "
+            f"({s['lost_tokens']} trained tokens cut) -> {s['file']}"
         )
     lines.append(f"  stats {stats_path}")
     print("\n".join(lines), flush=True)
