@@ -1,6 +1,7 @@
 """Several sources in data.path: a file, a list of files, or {path, weight, system} mappings."""
 
 import json
+import os
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -108,8 +109,11 @@ def test_file_digest_is_of_the_content(tmp_path):
     assert d == data_digests(DataConfig(path=a))[a]
     with open(a, "rb") as f:
         raw = bytearray(f.read())
-    raw[-2] = ord(" ")
+    before = os.stat(a)
+    raw[-2] = ord(" ")  # same size; then the old mtime back: the stamp a memo would key on
     (tmp_path / "a.json").write_bytes(bytes(raw))
+    os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(a).st_size == before.st_size and os.stat(a).st_mtime_ns == before.st_mtime_ns
     assert file_digest(a) != d
     with pytest.raises(UserError, match="data file not found"):
         file_digest(str(tmp_path / "missing.json"))

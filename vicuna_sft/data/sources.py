@@ -16,6 +16,7 @@ import hashlib
 import math
 import os
 import random
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -33,8 +34,7 @@ def describe(cfg: DataConfig) -> str:
     return ", ".join(s.path for s in sources(cfg))
 
 
-@lru_cache(maxsize=256)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
+def _hash(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -42,12 +42,25 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
+@lru_cache(maxsize=256)
+def _digest(path: str, stamp: tuple[int, ...]) -> str:
+    return _hash(path)
+
+
+# File timestamps are coarse (a few ms on ext4): a file rewritten within that window with the
+# same size keeps its stamp. A file modified this recently is hashed every time, never memoized.
+_SETTLED_S = 2.0
+
+
 def file_digest(path: str) -> str:
-    """sha256 of the file's bytes (memoized while its size and mtime are unchanged)."""
+    """sha256 of the file's bytes (memoized while its inode, size and times are unchanged)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: data file not found")
     st = os.stat(path)
-    return _digest(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    real = os.path.realpath(path)
+    if time.time() - max(st.st_mtime, st.st_ctime) < _SETTLED_S:
+        return _hash(real)
+    return _digest(real, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
 
 def data_digests(cfg: DataConfig) -> dict[str, str]:
