@@ -167,7 +167,11 @@ def stats(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vicuna_sft.data", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m vicuna_sft.data",
+        description=__doc__.split("\nThis module")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("clean", help="ShareGPT HTML export -> clean markdown records")
     c.add_argument("input", help="raw ShareGPT export (JSON array or JSONL)")
