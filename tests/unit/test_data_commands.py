@@ -88,15 +88,24 @@ def test_clean_dedupes_and_counts_every_drop():
         {"id": "no-convs"},
         "not an object",
         record("word", "Who made you?", "<p>OpenAI trained me.</p>"),
+        record(
+            "html-question",
+            "What does <div><p>x</p></div> render?",
+            "<p>A paragraph: <code>&lt;p&gt;</code>.</p>",
+        ),
     ]
     out, stats = clean_records(records, "raw.json", drop_words=("openai",))
-    assert [r["id"] for r in out] == ["a", "b"]
+    assert [r["id"] for r in out] == ["a", "b", "html-question"]
+    assert out[2]["conversations"] == [  # the user's HTML is text; the reply's is rendered
+        {"from": "human", "value": "What does <div><p>x</p></div> render?"},
+        {"from": "gpt", "value": "A paragraph: `<p>`."},
+    ]
     assert out[0]["conversations"] == [
         {"from": "human", "value": "How do I add one?"},
         {"from": "gpt", "value": CODE_MD},
     ]
     assert out[1]["conversations"][1]["value"] == NESTED_MD
-    assert stats.read == 8 and stats.kept == 2
+    assert stats.read == 9 and stats.kept == 3
     assert dict(stats.dropped) == {
         "duplicate": 1,
         "empty_message": 1,

@@ -6,7 +6,7 @@ tables, and code blocks whose header carries the language and a "Copy code" butt
 class="language-python">...`). User messages are text, often prefixed by the "1 / 2" regenerate
 counter; the browser extension appended "Copy1 chars / 1 words" to some.
 
-HTML becomes markdown through `markdownify` with two converters of our own: code blocks become
+HTML (in assistant messages only) becomes markdown through `markdownify` with two converters of our own: code blocks become
 one fenced block with their language (button, icon and header dropped) and text is not
 backslash-escaped (training text must stay what was written). The regenerate counter is removed
 only at the start of a message and only glued to the text or alone on its line, so "3 / 4 is
@@ -22,7 +22,7 @@ from typing import Any
 
 from markdownify import MarkdownConverter
 
-from .records import RecordError, to_conversation
+from .records import ASSISTANT_ROLES, RecordError, to_conversation
 
 HTML_TAG = re.compile(
     r"<(div|p|pre|code|ol|ul|li|span|table|br|h[1-6]|strong|em|b|i|a|blockquote|hr)\b[^>]*>", re.I
@@ -75,9 +75,11 @@ class ShareGPTMarkdown(MarkdownConverter):
 _converter = ShareGPTMarkdown()
 
 
-def to_markdown(value: str) -> str:
-    """One message: HTML (if any) to markdown, export artefacts removed, outer whitespace stripped."""
-    if HTML_TAG.search(value):
+def to_markdown(value: str, html: bool = True) -> str:
+    """One message: HTML (if any, and `html`) to markdown, export artefacts removed, outer
+    whitespace stripped. User messages are exported as text: `html=False` keeps a "<div>" a user
+    typed as it is."""
+    if html and HTML_TAG.search(value):
         value = _converter.convert(value)
     value = INLINE_COPY_CODE.sub(lambda m: f"```{m.group(1)}\n", value)
     counter = REGENERATE_COUNTER.match(value)
@@ -120,8 +122,9 @@ def clean_records(
         messages = []
         for m in record["conversations"]:
             if isinstance(m, dict) and isinstance(m.get("value"), str):
-                stats.converted_html += bool(HTML_TAG.search(m["value"]))
-                m = {**m, "value": to_markdown(m["value"])}
+                html = m.get("from") in ASSISTANT_ROLES and bool(HTML_TAG.search(m["value"]))
+                stats.converted_html += html
+                m = {**m, "value": to_markdown(m["value"], html)}
             messages.append(m)
         cleaned = {**record, "conversations": messages}
         try:
