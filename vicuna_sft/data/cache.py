@@ -8,7 +8,8 @@ system prompt, the eval file's content or the eval fraction and seed, `on_error`
 the source code of the modules that produce the samples (so a code change is a new entry). Nothing
 else (optimizer, output dir, padding, num_proc, ...) is in it, so those never re-encode.
 
-Concurrency: the process that finds no entry takes a file lock `<key>.lock` (filelock), looks
+Concurrency: the process that finds no entry takes a file lock `<key>.lock` (filelock; the other
+ranks of a node first give its local rank 0 a head start, so normally rank 0 encodes), looks
 again, encodes into `<key>.tmp-<pid>-<random>/` and renames it to `<key>` (atomic on one file
 system). Every other process - the other ranks of the run, or a second run started at the same
 time - blocks on the lock and then loads the finished entry: one encodes, none sees half an entry.
@@ -29,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig, cache_root
+from ..process import local_rank
 from . import sources
 
 log = logging.getLogger(__name__)
 
 STATS_FILE, KEY_FILE = "stats.json", "key.json"
+LEADER_GRACE_S = 30.0
 # the modules whose code decides the encoded samples (a change to any of them is a new entry)
 CODE_FILES = ("conversation.py", "encode.py", "records.py", "sources.py", "dataset.py", "cache.py")
 # files of a tokenizer directory that can change how text is tokenized (weights are not among them)
@@ -127,6 +130,15 @@ def _load(entry: str, hit: bool) -> Entry:
     return Entry(entry, hit, splits, stats)
 
 
+def _let_local_rank_0_start(entry: str) -> None:
+    """The other ranks of a node give its rank 0 a head start at the lock (it encodes, they load).
+    Only a preference: after LEADER_GRACE_S the lock alone decides, so a rank 0 that never comes
+    (another node's cache directory, a crash) blocks nobody."""
+    deadline = time.monotonic() + LEADER_GRACE_S
+    while time.monotonic() < deadline and not (os.path.exists(entry + ".lock") or _complete(entry)):
+        time.sleep(0.05)
+
+
 def load_or_build(
     cache_dir: str,
     inputs: dict[str, Any],
@@ -141,6 +153,8 @@ def load_or_build(
         log.info("data cache hit: %s", entry)
         return _load(entry, hit=True)
     os.makedirs(cache_dir, exist_ok=True)
+    if local_rank() != 0:
+        _let_local_rank_0_start(entry)
     lock = FileLock(entry + ".lock")
     try:
         lock.acquire(timeout=0)
