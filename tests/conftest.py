@@ -30,6 +30,19 @@ def conf_dir() -> pathlib.Path:
     return pathlib.Path(str(resources.files("vicuna_sft.conf")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_outside_the_worktree(tmp_path_factory: pytest.TempPathFactory):
+    """In-process runs put the encoded-data cache (default under VICUNA_SFT_CACHE) in a session temp
+    dir, never in the worktree; CLI runs get their own VICUNA_SFT_CACHE from `run_module`."""
+    before = os.environ.get("VICUNA_SFT_CACHE")
+    os.environ["VICUNA_SFT_CACHE"] = str(tmp_path_factory.mktemp("vicuna_sft_cache"))
+    yield
+    if before is None:
+        os.environ.pop("VICUNA_SFT_CACHE", None)
+    else:
+        os.environ["VICUNA_SFT_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     from vicuna_sft.model.tiny import build_tiny

@@ -50,6 +50,15 @@ Template = Enum("Template", {"vicuna_v1.1": "vicuna_v1.1"}, type=str)
 OnError = Enum("OnError", {"raise": "raise", "skip": "skip"}, type=str)
 
 
+class LongMode(str, Enum):
+    """What happens to a conversation longer than data.max_length."""
+
+    truncate = "truncate"  # cut at max_length: every later reply is lost (FastChat's train.py)
+    # several samples split at turn boundaries, each starting with the system prompt (nothing lost
+    # except the cut part of a single turn pair longer than max_length, which is counted)
+    split = "split"
+
+
 class Padding(str, Enum):
     longest = "longest"  # pad to the longest sample of the batch
     max_length = "max_length"  # FastChat: every sample padded to data.max_length
@@ -111,16 +120,64 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class SourceConfig:
+    """One item of `data.path` given as a mapping (vicuna_sft/data/sources.py)."""
+
     path: str = MISSING  # JSON array or JSONL of ShareGPT records
+    # times each record is used per epoch: 3 = every record three times, 0.5 = a seeded half
+    weight: float = 1.0
+    system: str | None = None  # system prompt of records without their own; None: the template's
+
+
+@dataclass
+class DataConfig:
+    # One file (JSON array or JSONL of ShareGPT records), or a list whose items are files or
+    # SourceConfig mappings, e.g. [sharegpt.json, {path: identity.json, weight: 10}]. Typed as Any
+    # because OmegaConf has no str-or-list union; each item is checked against SourceConfig.
+    path: Any = MISSING
     eval_path: str | None = None
     eval_fraction: float = 0.0  # held out from `path` with trainer.seed when eval_path is None
     template: Template = Template["vicuna_v1.1"]
     max_length: int = 2048
     padding: Padding = Padding.packed  # fastest, same math (docs/benchmarks.md); FastChat: max_length
-    lazy: bool = False  # encode on access instead of up front
+    lazy: bool = False  # encode on access instead of up front (never cached; not with long=split)
     num_proc: int = 1  # processes for up-front encoding
     on_error: OnError = OnError["raise"]
+    long: LongMode = LongMode.truncate
+    # encode once: the encoded dataset is stored under cache_dir, keyed by everything that changes it
+    cache: bool = True
+    cache_dir: str | None = None  # None: ${VICUNA_SFT_CACHE:-.cache/vicuna_sft}/data
+
+    def sources(self) -> list[SourceConfig]:
+        """`path` as typed sources; a UserError naming the item and its problem otherwise."""
+        import math
+
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        from .errors import UserError
+
+        one = not isinstance(self.path, list | tuple)
+        items = [self.path] if one else list(self.path)
+        if not items:
+            raise UserError("data.path is an empty list: give a file, or a list of files or sources")
+        out = []
+        for i, item in enumerate(items):
+            where = "data.path" if one else f"data.path[{i}]"
+            if isinstance(item, str):
+                item = {"path": item}
+            if not isinstance(item, dict):
+                raise UserError(
+                    f"{where}: expected a file path or a mapping {{path, weight, system}}, got {item!r}"
+                )
+            try:
+                src = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SourceConfig), item))
+            except OmegaConfBaseException as e:
+                raise UserError(f"{where}: {str(e).splitlines()[0]} (keys: path, weight, system)") from None
+            if not (src.weight > 0 and math.isfinite(src.weight)):
+                raise UserError(f"{where}: weight must be a positive number, got {src.weight}")
+            out.append(src)
+        return out
 
 
 @dataclass
@@ -226,10 +283,14 @@ def _asset_path(name: str) -> str:
 BUILTIN_DIRS = {Builtin.tiny: "tiny-llama"}
 
 
+def cache_root() -> str:
+    """${VICUNA_SFT_CACHE:-.cache/vicuna_sft}: builtin models and encoded data live below it."""
+    return os.environ.get("VICUNA_SFT_CACHE", os.path.join(".cache", "vicuna_sft"))
+
+
 def builtin_path(builtin: Builtin | str) -> str:
     """Where a builtin model is cached: ${VICUNA_SFT_CACHE:-.cache/vicuna_sft}/<name>."""
-    cache = os.environ.get("VICUNA_SFT_CACHE", os.path.join(".cache", "vicuna_sft"))
-    return os.path.join(cache, BUILTIN_DIRS[Builtin(builtin)])
+    return os.path.join(cache_root(), BUILTIN_DIRS[Builtin(builtin)])
 
 
 def register_resolvers() -> None:

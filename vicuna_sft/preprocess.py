@@ -127,7 +127,8 @@ def highlight(tokenizer: Any, input_ids: list[int], labels: list[int], color: bo
 
 def totals(data_stats: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
     """Totals over files and splits: read == kept + sum(dropped) (record-level problems and samples
-    left without a trained token after truncation both count as dropped)."""
+    left without a trained token after truncation both count as dropped) with data.long=truncate;
+    with split, each split's samples == kept + its dropped."""
     from collections import Counter
 
     dropped: Counter = Counter()
@@ -144,10 +145,13 @@ def totals(data_stats: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
             continue
         dropped.update(s["dropped"])
         splits[name] = {
-            "samples": s["read"],
+            "conversations": s["read"],
+            "samples": s["samples"],  # several per conversation under data.long=split
+            "split": s["split"],
             "kept": s["kept"],
             "dropped": s["dropped"],
             "truncated": s["truncated"],
+            "lost_tokens": s["lost_tokens"],
             "tokens": s["tokens"],
             "trained_tokens": s["trained_tokens"],
             "file": files[name],
@@ -158,6 +162,8 @@ def totals(data_stats: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
         "dropped": dict(dropped),
         "adjusted": dict(adjusted),
         "truncated": sum(s["truncated"] for s in splits.values()),
+        "split": sum(s["split"] for s in splits.values()),
+        "lost_tokens": sum(s["lost_tokens"] for s in splits.values()),
         "tokens": sum(s["tokens"] for s in splits.values()),
         "trained_tokens": sum(s["trained_tokens"] for s in splits.values()),
         "files": {
@@ -199,6 +205,7 @@ def preprocess(dcfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model.name_or_path,
         "tokenizer": cfg.model.tokenizer or cfg.model.name_or_path,
         "template": cfg.data.template.value,
+        "long": cfg.data.long.value,
         "max_length": cfg.data.max_length,
         **totals(data.stats, files),
     }
@@ -229,12 +236,14 @@ def print_summary(stats: dict[str, Any], stats_path: str) -> None:
         f"vicuna_sft.preprocess: {stats['read']} records read, {stats['kept']} samples kept"
         + (f", dropped {stats['dropped']}" if stats["dropped"] else "")
         + (f", adjusted {stats['adjusted']}" if stats["adjusted"] else ""),
-        f"  template {stats['template']}, max_length {stats['max_length']}, tokenizer {stats['tokenizer']}",
+        f"  template {stats['template']}, max_length {stats['max_length']}, data.long={stats['long']}, "
+        f"tokenizer {stats['tokenizer']}",
     ]
     for name, s in stats["splits"].items():
         lines.append(
             f"  {name:<5} {s['kept']} samples, {s['tokens']} tokens, {s['trained_tokens']} trained, "
-            f"{s['truncated']} truncated -> {s['file']}"
+            f"{s['split']} conversations split, {s['truncated']} truncated "
+            f"({s['lost_tokens']} trained tokens cut) -> {s['file']}"
         )
     lines.append(f"  stats {stats_path}")
     print("\n".join(lines), flush=True)

@@ -4,7 +4,7 @@ Whatever gets a `Config` afterwards (run, the TrainingArguments mapping) trusts 
 
 from omegaconf import DictConfig
 
-from .config import Config, Strategy, TrainerConfig, to_config
+from .config import Config, LongMode, Strategy, TrainerConfig, to_config
 from .errors import UserError
 from .process import layout
 
@@ -64,6 +64,15 @@ def validate(cfg: Config) -> None:
         ),
     ]
     errors = [msg for ok, msg in checks if not ok]
+    if d.lazy and d.long == LongMode.split:
+        errors.append(
+            "data.long=split needs the samples up front (a conversation's piece count is known only once "
+            "encoded): set data.lazy=false (encoded once and cached) or data.long=truncate"
+        )
+    try:
+        d.sources()  # data.path: a file, or a list of files / {path, weight, system} sources
+    except UserError as e:
+        errors.append(str(e))
     if not errors:
         gradient_accumulation(t, layout(cfg)[0])  # global_batch_size must divide for this world size
     if errors:

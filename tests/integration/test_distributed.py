@@ -169,6 +169,7 @@ def refs(runner: Runner) -> dict[str, pathlib.Path]:
             "fsdp=ddp",
             f"hydra.run.dir={r}/ddp_" + "${now:%H-%M-%S-%f}",
             report_to(report["ddp"]),
+            f"data.cache_dir={r}/cache_ddp",  # empty: the two ranks meet a miss, only one may encode
         ],
         "ddp.log",
         torchrun=True,
@@ -214,6 +215,16 @@ def test_full_shard_params_are_dtensors_sharded_on_dim0(runner, refs):
     total_local = sum(p["local_numel"] for p in r0["params"].values())
     total = sum(p["numel"] for p in r0["params"].values())
     assert abs(total_local / total - 0.5) < 0.01  # ~1/N of every tensor per rank
+
+
+def test_two_ranks_encode_the_data_once(refs):
+    logs = sorted(refs["ddp"].glob("vicuna_sft*.log"))  # rank 0's and rank 1's own log file
+    assert [p.name for p in logs] == ["vicuna_sft.log", "vicuna_sft_rank1.log"]
+    text = [p.read_text() for p in logs]
+    assert [t.count("data cache miss") for t in text] == [1, 0], text  # rank 0 encoded
+    assert "data cache hit" in text[1]  # rank 1 loaded the stored entry
+    (entry,) = [p for p in (refs["ddp"].parent / "cache_ddp").iterdir() if not p.name.endswith(".lock")]
+    assert (entry / "stats.json").is_file()
 
 
 def test_ddp_params_are_full_replicas(refs):

@@ -141,6 +141,7 @@ def test_vicuna_7b_experiment_is_fastchats_recipe(make, recorded):
     assert cfg.optimizer.lr == 2e-5
     assert cfg.trainer.num_train_epochs == 3
     assert cfg.data.max_length == 2048
+    assert cfg.data.long == C.LongMode.split and not cfg.data.lazy and cfg.data.cache
     assert cfg.optimizer.warmup_ratio == 0.03 and cfg.optimizer.scheduler == C.Scheduler.cosine
     assert cfg.trainer.precision == C.Precision.bf16
     assert cfg.model.activation_checkpointing is True

@@ -17,7 +17,7 @@ def rows(ds):
 
 
 def test_eager_num_proc_and_lazy_give_the_same_samples(bpe_tokenizer, sample_path):
-    cfg = DataConfig(path=str(sample_path), eval_fraction=0.1, max_length=128)
+    cfg = DataConfig(path=str(sample_path), eval_fraction=0.1, max_length=128, cache=False)
     one = build_datasets(cfg, bpe_tokenizer, seed=3)
     two = build_datasets(DataConfig(**{**vars(cfg), "num_proc": 2}), bpe_tokenizer, seed=3)
     lazy = build_datasets(DataConfig(**{**vars(cfg), "lazy": True}), bpe_tokenizer, seed=3)

@@ -1,6 +1,7 @@
 """Train/eval datasets from the `data` config: read, validate, split, encode, count.
 
-Eager mode encodes everything up front with the batched fast tokenizer (`datasets.map`, num_proc);
+Eager mode encodes everything up front with the batched fast tokenizer (`datasets.map`, num_proc),
+once: the result is stored in the data cache (cache.py) and reused by later runs and other ranks;
 lazy mode encodes on access and caches nothing. Every record or sample not trained on is counted
 with its reason in the returned stats.
 """
@@ -12,11 +13,12 @@ from typing import Any
 
 import torch
 
-from ..config import DataConfig, OnError
+from ..config import DataConfig, LongMode, OnError
 from .collate import Collator, pad_id_for
-from .conversation import Conversation
+from .conversation import VICUNA_SYSTEM, Conversation
 from .encode import Encoder
-from .records import DataError, Stats, load_conversations
+from .records import DataError, load_conversations
+from .sources import apply_weights, describe, sources
 
 log = logging.getLogger(__name__)
 NO_TRAINED_TOKENS = "no_trained_tokens_after_truncation"
@@ -28,6 +30,7 @@ class Datasets:
     eval: Any
     collator: Collator
     stats: dict[str, Any] = field(default_factory=dict)  # {"records": {path: ...}, "train": ..., "eval": ...}
+    cache: dict[str, Any] | None = None  # {"hit": bool, "path": entry dir} when the data cache was used
 
     def seen_stats(self) -> dict[str, int]:
         """What only shows while training: lazy samples met with no trained token (this process)."""
@@ -61,7 +64,7 @@ def report_data(stats: dict[str, Any], out: str) -> None:
             json.dump(stats, f, indent=2)
 
 
-def split_eval(convs: list[Conversation], fraction: float, seed: int) -> tuple[list, list]:
+def split_eval(convs: list, fraction: float, seed: int) -> tuple[list, list]:
     if fraction == 0.0:
         return convs, []
     n_eval = max(1, round(len(convs) * fraction))
@@ -73,21 +76,46 @@ def split_eval(convs: list[Conversation], fraction: float, seed: int) -> tuple[l
 
 
 def _encode_columns(batch: dict[str, list], encoder: Encoder) -> dict[str, list]:
+    """One row per sample; a conversation split under `long=split` gives several rows."""
     convs = [
         Conversation(i, s, tuple(zip(u, r)))
         for i, s, u, r in zip(batch["id"], batch["system"], batch["users"], batch["replies"])
     ]
-    encoded = encoder.encode_batch(convs)
-    return {
-        "id": [e.id for e in encoded],
-        "input_ids": [e.input_ids for e in encoded],
-        "labels": [e.labels for e in encoded],
-        "truncated": [e.truncated for e in encoded],
-        "trained": [e.trained_tokens for e in encoded],
+    out: dict[str, list] = {
+        k: [] for k in ("id", "input_ids", "labels", "truncated", "trained", "lost", "piece", "pieces")
     }
+    for pieces in encoder.samples(convs):
+        for k, e in enumerate(pieces):
+            out["id"].append(e.id)
+            out["input_ids"].append(e.input_ids)
+            out["labels"].append(e.labels)
+            out["truncated"].append(e.truncated)
+            out["trained"].append(e.trained_tokens)
+            out["lost"].append(e.lost_tokens)
+            out["piece"].append(k)
+            out["pieces"].append(len(pieces))
+    return out
 
 
-def encode_eager(convs: list[Conversation], encoder: Encoder, num_proc: int) -> tuple[Any, Stats]:
+@dataclass
+class SampleStats:
+    """What encoding did to the conversations of one split (train or eval)."""
+
+    read: int = 0  # conversations
+    samples: int = 0  # encoded samples: one per conversation, several for a split one
+    split: int = 0  # conversations split into several samples (data.long=split)
+    kept: int = 0  # samples kept = samples - sum(dropped)
+    dropped: dict = field(default_factory=dict)  # reason -> samples
+    truncated: int = 0  # samples cut at max_length (split: single turn pairs longer than max_length)
+    lost_tokens: int = 0  # trained tokens (reply + EOS) cut off by truncation
+    tokens: int = 0  # in kept samples
+    trained_tokens: int = 0  # in kept samples
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def encode_eager(convs: list[Conversation], encoder: Encoder, num_proc: int) -> tuple[Any, SampleStats]:
     """A `datasets.Dataset` with columns id, input_ids, labels (samples with no trained token removed)."""
     import datasets
 
@@ -103,19 +131,25 @@ def encode_eager(convs: list[Conversation], encoder: Encoder, num_proc: int) -> 
         batch_size=256,
         fn_kwargs={"encoder": encoder},
         num_proc=num_proc if num_proc > 1 and len(convs) >= 2 * num_proc else None,
-        remove_columns=["system", "users", "replies"],
-        desc="encoding",
+        remove_columns=list(columns),
+        desc=f"encoding ({encoder.long.value})",
     )
     trained = ds["trained"]
-    stats = Stats(read=len(convs), truncated=sum(ds["truncated"]))
+    stats = SampleStats(
+        read=len(convs),
+        samples=len(ds),
+        split=sum(1 for k, n in zip(ds["piece"], ds["pieces"]) if k == 0 and n > 1),
+        truncated=sum(ds["truncated"]),
+        lost_tokens=sum(ds["lost"]),
+    )
     keep = [i for i, n in enumerate(trained) if n > 0]
     stats.kept = len(keep)
-    if len(keep) < len(convs):
-        stats.dropped[NO_TRAINED_TOKENS] = len(convs) - len(keep)
+    if len(keep) < len(ds):
+        stats.dropped[NO_TRAINED_TOKENS] = len(ds) - len(keep)
         ds = ds.select(keep)
     stats.tokens = sum(len(x) for x in ds["input_ids"])
     stats.trained_tokens = sum(trained[i] for i in keep)
-    return ds.remove_columns(["truncated", "trained"]), stats
+    return ds.select_columns(["id", "input_ids", "labels"]), stats
 
 
 class LazyDataset(torch.utils.data.Dataset):
@@ -137,37 +171,78 @@ class LazyDataset(torch.utils.data.Dataset):
         return {"input_ids": e.input_ids, "labels": e.labels}
 
 
-def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> Datasets:
-    encoder = Encoder(tokenizer, cfg.max_length)
+def read_splits(cfg: DataConfig, seed: int) -> tuple[list[Conversation], list[Conversation], dict[str, Any]]:
+    """Train and eval conversations of every source (weights applied to train only) and the
+    per-file record stats."""
     skip = cfg.on_error == OnError["skip"]
-    convs, file_stats = load_conversations(cfg.path, skip_errors=skip)
-    records = {cfg.path: file_stats}
+    items, weights, records = [], [], {}
+    for src in sources(cfg):
+        if src.path in records:
+            raise DataError(f"data.path: {src.path} is listed twice; give it one source with a weight")
+        convs, records[src.path] = load_conversations(
+            src.path, skip_errors=skip, system=src.system if src.system is not None else VICUNA_SYSTEM
+        )
+        items += convs
+        weights += [src.weight] * len(convs)
     if cfg.eval_path:
-        train_convs = convs
+        train_items = list(zip(items, weights))
         eval_convs, records[cfg.eval_path] = load_conversations(cfg.eval_path, skip_errors=skip)
     else:
-        train_convs, eval_convs = split_eval(convs, cfg.eval_fraction, seed)
+        train_items, eval_items = split_eval(list(zip(items, weights)), cfg.eval_fraction, seed)
+        eval_convs = [c for c, _ in eval_items]
     for path, s in records.items():
         s.kept = s.read - sum(s.dropped.values())
         if s.kept == 0:
             raise DataError(f"{path}: no usable record out of {s.read} (dropped: {dict(s.dropped)})")
+    train_convs = apply_weights([c for c, _ in train_items], [w for _, w in train_items], seed)
     record_keys = ("read", "kept", "dropped", "adjusted")  # token counts belong to the splits
-    stats: dict[str, Any] = {
-        "records": {p: {k: v for k, v in s.as_dict().items() if k in record_keys} for p, s in records.items()}
-    }
-    splits = {}
+    record_stats = {p: {k: v for k, v in s.as_dict().items() if k in record_keys} for p, s in records.items()}
+    return train_convs, eval_convs, record_stats
+
+
+def encode_splits(cfg: DataConfig, encoder: Encoder, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read, split and encode everything up front: ({"train": ds, "eval": ds | None}, stats)."""
+    train_convs, eval_convs, records = read_splits(cfg, seed)
+    stats: dict[str, Any] = {"records": records}
+    splits: dict[str, Any] = {}
     for name, split in (("train", train_convs), ("eval", eval_convs)):
-        if not split:
-            splits[name] = None
-        elif cfg.lazy:
-            splits[name] = LazyDataset(split, encoder)
-            # encoded on access: samples truncated to no trained token are counted as they are met
-            # (Datasets.seen_stats) and contribute no loss
-            stats[name] = {"samples": len(split), "lazy": True}
-        else:
+        splits[name] = None
+        if split:
             splits[name], s = encode_eager(split, encoder, cfg.num_proc)
             stats[name] = s.as_dict()
     if not splits["train"]:
-        raise DataError(f"{cfg.path}: every sample was dropped: {stats}")
+        raise DataError(f"{describe(cfg)}: every sample was dropped: {stats}")
+    return splits, stats
+
+
+def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> Datasets:
     collator = Collator(pad_id_for(tokenizer), cfg.padding, cfg.max_length)
-    return Datasets(splits["train"], splits["eval"], collator, stats)
+    if cfg.lazy:
+        if cfg.long == LongMode.split:  # validate() refuses the config before this
+            raise DataError("data.long=split needs data.lazy=false")
+        encoder = Encoder(tokenizer, cfg.max_length, cfg.long)
+        train_convs, eval_convs, records = read_splits(cfg, seed)
+        stats: dict[str, Any] = {"records": records}
+        splits = {}
+        for name, split in (("train", train_convs), ("eval", eval_convs)):
+            splits[name] = LazyDataset(split, encoder) if split else None
+            if split:
+                # encoded on access: samples truncated to no trained token are counted as they are
+                # met (Datasets.seen_stats) and contribute no loss
+                stats[name] = {"samples": len(split), "lazy": True}
+        return Datasets(splits["train"], splits["eval"], collator, stats)
+    if not cfg.cache:
+        splits, stats = encode_splits(cfg, Encoder(tokenizer, cfg.max_length, cfg.long), seed)
+        return Datasets(splits["train"], splits["eval"], collator, stats)
+    from . import cache
+
+    entry = cache.load_or_build(
+        cache.directory(cfg),
+        cache.key_inputs(cfg, tokenizer, seed),
+        # the Encoder (it copies the tokenizer twice) is only made on a miss
+        lambda: encode_splits(cfg, Encoder(tokenizer, cfg.max_length, cfg.long), seed),
+    )
+    # the key is content-based: the same files under other paths hit; name them as configured now
+    paths = [src.path for src in sources(cfg)] + ([cfg.eval_path] if cfg.eval_path else [])
+    stats = {**entry.stats, "records": dict(zip(paths, entry.stats["records"].values()))}
+    return Datasets(entry.splits["train"], entry.splits.get("eval"), collator, stats, cache=entry.info())

@@ -79,8 +79,11 @@ def read_records(path: str) -> list[Any]:
     return records
 
 
-def to_conversation(record: Any, *, source: str, index: int) -> tuple[Conversation, list[str]]:
-    """Validate one ShareGPT record. Returns the conversation and the fix-ups applied to it."""
+def to_conversation(
+    record: Any, *, source: str, index: int, system: str = VICUNA_SYSTEM
+) -> tuple[Conversation, list[str]]:
+    """Validate one ShareGPT record. Returns the conversation and the fix-ups applied to it.
+    `system`: the prompt of a record without its own system message (its source's)."""
     rid = record.get("id") if isinstance(record, dict) else None
 
     def fail(reason: str, detail: str) -> RecordError:
@@ -121,7 +124,6 @@ def to_conversation(record: Any, *, source: str, index: int) -> tuple[Conversati
         texts.append(value)
 
     fixes = []
-    system = VICUNA_SYSTEM
     if roles and roles[0] == "system":
         system = texts[0]
         roles, texts = roles[1:], texts[1:]
@@ -141,14 +143,16 @@ def to_conversation(record: Any, *, source: str, index: int) -> tuple[Conversati
     return Conversation(str(rid) if rid is not None else f"{source}#{index}", system, turns), fixes
 
 
-def load_conversations(path: str, *, skip_errors: bool) -> tuple[list[Conversation], Stats]:
+def load_conversations(
+    path: str, *, skip_errors: bool, system: str = VICUNA_SYSTEM
+) -> tuple[list[Conversation], Stats]:
     """All valid conversations of `path`; bad records raise, or are counted when `skip_errors`."""
     stats = Stats()
     out = []
     for index, record in enumerate(read_records(path)):
         stats.read += 1
         try:
-            conv, fixes = to_conversation(record, source=path, index=index)
+            conv, fixes = to_conversation(record, source=path, index=index, system=system)
         except RecordError as e:
             if not skip_errors:
                 raise
