@@ -32,8 +32,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .config import AttentionConfig, AttentionImpl, Config, Padding, Precision, register_configs, to_config
+from .config import AttentionConfig, AttentionImpl, Config, Padding, Precision, register_configs
 from .errors import UserError
+from .validation import checked
 
 REPORT_FILE = "check.json"
 
@@ -114,9 +115,10 @@ def register_check_configs() -> None:
 
 
 def split_config(dcfg: DictConfig) -> tuple[Config, CheckOptions]:
+    """The training `Config` (typed and checked as for training) and this command's options."""
     options = OmegaConf.to_object(dcfg.check) if "check" in dcfg else CheckOptions()
     body = OmegaConf.masked_copy(dcfg, [k for k in dcfg if k != "check"])
-    return to_config(body), options
+    return checked(body), options
 
 
 def reference_config(cfg: Config) -> Config:
@@ -165,7 +167,7 @@ def run_pass(cfg: Config, features: list[dict[str, Any]], pad_id: int, device: s
 
     from .data.collate import Collator
     from .data.encode import IGNORE_INDEX
-    from .model import load_model
+    from .model.loading import load_model
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(cfg.trainer.seed)  # anything the model build initialises (adapters) matches
@@ -329,13 +331,13 @@ def batch_features(cfg: Config, tokenizer: Any, n: int) -> list[dict[str, Any]]:
 
 
 def check(cfg: Config, options: CheckOptions | None = None) -> Report:
-    """The check as a function (what the command runs)."""
-    from .arguments import validate
+    """The check as a function (what the command runs), for a value-checked config
+    (`validation.checked`, as the command composes it)."""
     from .data.collate import pad_id_for
-    from .model import check_attention, load_tokenizer
+    from .data.encode import IGNORE_INDEX
+    from .model.loading import check_attention, load_tokenizer
 
     options = options or CheckOptions()
-    validate(cfg)
     check_attention(cfg)  # e.g. attention=flash without CUDA: refused before anything loads
     if options.samples is not None and options.samples < 1:
         raise CheckError(f"check.samples must be >= 1, got {options.samples}")
@@ -370,7 +372,7 @@ def check(cfg: Config, options: CheckOptions | None = None) -> Report:
         precision=precision,
         samples=len(features),
         tokens=sum(lengths),
-        trained_tokens=sum(sum(1 for t in f["labels"] if t != -100) for f in features),
+        trained_tokens=sum(sum(1 for t in f["labels"] if t != IGNORE_INDEX) for f in features),
         quantities=compare(got, ref, tol, lengths),
     )
 

@@ -10,7 +10,15 @@ import sys
 
 import pytest
 
-from vicuna_sft.data.conversation import VICUNA_SYSTEM, generation_prompt
+from vicuna_sft.data.conversation import VICUNA_SYSTEM, Conversation, render
+
+
+def training_prompt(system: str, history: list[tuple[str, str]], user: str) -> str:
+    """The training text (conversation.render) of the finished turns, then the new turn up to
+    `ASSISTANT:` (no trailing space: the reply's first token carries it), as FastChat generates."""
+    done = render(Conversation("", system, tuple(history))) if history else system + " "
+    return done + f"USER: {user} ASSISTANT:"
+
 
 pexpect = pytest.importorskip("pexpect")
 pytestmark = pytest.mark.slow
@@ -82,7 +90,7 @@ def test_two_turns_reset_exit_in_a_terminal(trained, tmp_path):
             (text2, n2, messages, [(u1, r1)], u2),
         ]:
             assert shown == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            assert shown == tok.bos_token + generation_prompt(VICUNA_SYSTEM, history, user)
+            assert shown == tok.bos_token + training_prompt(VICUNA_SYSTEM, history, user)
             assert n == len(tok(shown, add_special_tokens=False).input_ids)  # byte-level BPE: same tokens
 
         child.sendline("/reset")

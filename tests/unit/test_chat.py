@@ -13,7 +13,15 @@ import pytest
 import torch
 
 from vicuna_sft.chat import Chat, ChatError, Prompter, Sampling, build_messages, interact, locate, run
-from vicuna_sft.data.conversation import CHAT_TEMPLATE, VICUNA_SYSTEM, Conversation, generation_prompt
+from vicuna_sft.data.conversation import CHAT_TEMPLATE, VICUNA_SYSTEM, Conversation, render
+
+
+def training_prompt(system: str, history: list[tuple[str, str]], user: str) -> str:
+    """The training text (conversation.render) of the finished turns, then the new turn up to
+    `ASSISTANT:` (no trailing space: the reply's first token carries it), as FastChat generates."""
+    done = render(Conversation("", system, tuple(history))) if history else system + " "
+    return done + f"USER: {user} ASSISTANT:"
+
 
 HISTORY = [("What is 2 plus 2?", "2 plus 2 is 4."), ("Say </s> please", "Here: </s> as text.")]
 USER = "And 3 plus 3?"
@@ -59,7 +67,7 @@ def test_prompt_is_the_training_prompt(prompter, system):
     messages = build_messages(system, HISTORY, USER)
     text = prompter.text(system, HISTORY, USER)
     assert text == tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert text == tok.bos_token + generation_prompt(sys_text, HISTORY, USER)
+    assert text == tok.bos_token + training_prompt(sys_text, HISTORY, USER)
 
     ids = prompter.ids(system, HISTORY, USER)
     reply = "Six, since 3 plus 3 is 6."
