@@ -283,6 +283,10 @@ class Chat:
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([ids], device=device)
         eos = self.tokenizer.eos_token_id
+        kwargs = self.sampling.generate_kwargs()
+        limit = context_length(self.model)
+        if limit is not None:  # never generate past the positions the model has
+            kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], limit - len(ids))
         with torch.inference_mode():
             generated = self.model.generate(
                 input_ids=input_ids,
@@ -290,7 +294,7 @@ class Chat:
                 streamer=make_streamer(self.tokenizer, self.out),
                 eos_token_id=eos,
                 pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
-                **self.sampling.generate_kwargs(),
+                **kwargs,
             )
         reply = self.tokenizer.decode(generated[0, len(ids) :], skip_special_tokens=True).strip()
         self.history.append((user, reply))
