@@ -1,7 +1,7 @@
 """`python -m vicuna_sft.chat PATH [options]`: talk to a trained model in the terminal.
 
-PATH is a run's `final/` directory (or the run directory holding it), or an adapter directory
-saved by PEFT (`adapter_config.json`; loaded with `AutoPeftModelForCausalLM` on top of the base
+PATH is a run's `final/` directory (or the run directory holding it: its `final/`, else the
+`final_adapter/` an adapter run saves), or an adapter directory saved by PEFT (`adapter_config.json`; loaded with `AutoPeftModelForCausalLM` on top of the base
 model it names). The prompt is built by the chat template saved with the tokenizer
 (`apply_chat_template(history, add_generation_prompt=True)`), i.e. the Vicuna v1.1 prompt the model
 was trained on; the tokens of a message are always text, so a typed `</s>` stays text as in training.
@@ -57,9 +57,11 @@ def locate(path: str) -> ModelDir:
         return ModelDir(p, adapter=True)
     if os.path.isfile(os.path.join(p, MODEL_CONFIG)):
         return ModelDir(p, adapter=False)
-    final = os.path.join(p, "final")
-    if os.path.isfile(os.path.join(final, MODEL_CONFIG)):
-        return ModelDir(final, adapter=False, note=f"{path} is a run directory: chatting with {final}")
+    # a run directory: its merged model, else the adapter an adapter run saves beside it
+    for sub, config, adapter in (("final", MODEL_CONFIG, False), ("final_adapter", ADAPTER_CONFIG, True)):
+        inner = os.path.join(p, sub)
+        if os.path.isfile(os.path.join(inner, config)):
+            return ModelDir(inner, adapter=adapter, note=f"{path} is a run directory: chatting with {inner}")
     raise ChatError(
         f"{path}: not a model directory (no {MODEL_CONFIG} or {ADAPTER_CONFIG}); "
         "give a run's final/ or an adapter directory"

@@ -103,6 +103,10 @@ def test_locate(tmp_path, final_dir):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     assert locate(str(tmp_path / "adapter")).adapter
+    # an adapter run with adapter.merge=false: no final/, the adapter beside where it would be
+    shutil.copytree(tmp_path / "adapter", tmp_path / "lora-run" / "final_adapter")
+    md = locate(str(tmp_path / "lora-run"))
+    assert md.adapter and md.path == str(tmp_path / "lora-run" / "final_adapter")
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "empty").mkdir()
     for bad, why in [
