@@ -264,7 +264,9 @@ def compare(got: Pass, ref: Pass, tol: Tolerance, lengths: list[int]) -> list[Qu
     worst_grad = Quantity("gradients", 0.0, 0.0, tol.grads, "")
     for name, g in got.grads.items():
         max_abs, rel, _ = relative_max(g, ref.grads[name])
-        if not rel <= worst_grad.relative:  # NaN sticks
+        if math.isnan(worst_grad.relative):
+            break  # a NaN gradient is the worst there is
+        if math.isnan(rel) or rel > worst_grad.relative:
             worst_grad = Quantity("gradients", max_abs, rel, tol.grads, name)
     quantities.append(worst_grad)
     return quantities
@@ -291,7 +293,8 @@ class Report:
 
     def failures(self) -> list[str]:
         return [
-            f"{q.name} differ from the reference by {q.relative:.3g} relative (tolerance {q.tolerance:.3g}, "
+            f"{q.name} {'differs' if q.name == 'loss' else 'differ'} from the reference by {q.relative:.3g} "
+            f"relative (tolerance {q.tolerance:.3g}, "
             f"max |diff| {q.max_abs:.3g}, at {q.where})"
             for q in self.quantities
             if not q.ok

@@ -148,3 +148,24 @@ def test_gpu_variants_refused_on_cpu_before_any_work(tiny_dir, tmp_path, impl):
 def test_bad_options(tiny_dir, sample_path):
     with pytest.raises(UserError, match=r"check\.samples must be >= 1"):
         check(make_cfg(tiny_dir, sample_path), CheckOptions(samples=0))
+
+
+def test_compare_nan_fails_and_names_the_parameter():
+    """A NaN anywhere fails its quantity (NaN compares false with every tolerance) and is the worst."""
+    from vicuna_sft.check import Pass, Tolerance, compare
+
+    tol = Tolerance(loss=1e-5, logits=1e-5, grads=1e-4)
+    logits = torch.randn(5, 7)
+    ref = Pass(2.0, logits, {"a": torch.ones(3), "b": torch.ones(3), "c": torch.ones(3)})
+    got = Pass(
+        2.0,
+        logits.clone(),
+        {"a": torch.ones(3), "b": torch.tensor([1.0, float("nan"), 1.0]), "c": 2 * torch.ones(3)},
+    )
+    q = {x.name: x for x in compare(got, ref, tol, [2, 3])}
+    assert q["loss"].ok and q["logits"].ok and q["logits"].max_abs == 0
+    assert not q["gradients"].ok and q["gradients"].where == "b"
+    got.logits[3, 4] += 1.0  # token 3 of the row = sample 1, token 1
+    got.loss = float("nan")
+    q = {x.name: x for x in compare(got, ref, tol, [2, 3])}
+    assert not q["loss"].ok and not q["logits"].ok and q["logits"].where == "sample 1, token 1"
