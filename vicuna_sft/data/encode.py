@@ -26,7 +26,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from ..config import LongMode
-from .conversation import Conversation, render, segments
+from .conversation import ASSISTANT, SEP, USER, Conversation, render, segments
 
 IGNORE_INDEX = -100  # labels ignored by the loss
 
@@ -179,6 +179,19 @@ class Encoder:
                 conv_out.append((ids, labels))
             out.append(conv_out)
         return out
+
+    def encode_prompt(self, system: str, history: list[tuple[str, str]], user: str) -> list[int]:
+        """The ids a model trained on these encodings is given to answer `user` after `history`:
+        the training encoding of the finished turns, then `USER: {user} ASSISTANT:` tokenized as a
+        segment is (for generation: the chat command)."""
+        ids = list(self.prefix)
+        done = segments(Conversation("prompt", system, tuple(history))) if history else []
+        for k, seg in enumerate(done):
+            backend = self._first if k == 0 else self._rest
+            ids += [*backend.encode(seg.text, add_special_tokens=False).ids, self.eos_id]
+        head = ("" if history else system + SEP) + f"{USER}: {user}{SEP}{ASSISTANT}:"
+        backend = self._rest if history else self._first
+        return ids + backend.encode(head, add_special_tokens=False).ids
 
 
 def _trained(labels: list[int]) -> int:
