@@ -10,6 +10,7 @@ from typing import Any
 from .. import attention
 from ..config import Builtin, Config, ModelConfig, builtin_path
 from ..errors import UserError
+from . import loss as losses
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,18 @@ def check_attention(cfg: Config) -> None:
     attention.get(cfg.attention.implementation).check(cfg)
 
 
+def check_loss(cfg: Config) -> None:
+    """loss=liger without CUDA or without the package, up front."""
+    losses.check(cfg)
+
+
 def load_model(cfg: Config) -> Any:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     variant = attention.get(cfg.attention.implementation)
     variant.check(cfg)  # fail before loading any weights
+    losses.check(cfg)
     path = resolve_path(cfg.model)
     common = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
     config = _wrap_hub_errors("model config", path, AutoConfig.from_pretrained, **common)
@@ -106,4 +113,5 @@ def load_model(cfg: Config) -> Any:
         attn_implementation=variant.implementation(cfg),
         **common,
     )
-    return variant.prepare(model)
+    # the loss variant, on this instance (an adapter wrapping it later calls through it)
+    return losses.install(variant.prepare(model), cfg.loss)
