@@ -195,9 +195,10 @@ def _function() -> Any:
     import torch.nn.functional as F
 
     class ChunkedLinearCrossEntropy(torch.autograd.Function):
-        """Forward keeps only the loss (and its inputs). Backward recomputes each chunk's logits,
-        turns them in place into d loss / d logits = softmax - onehot, and projects that back
-        onto hidden and weight: one [chunk, vocab] fp32 buffer at a time (plus its cast under bf16)."""
+        """Forward keeps the loss, its inputs and each row's log-sum-exp ([N] fp32). Backward
+        recomputes each chunk's logits, turns them in place into d loss / d logits =
+        softmax - onehot = exp(logits - lse) - onehot, and projects that back onto hidden and
+        weight: one [chunk, vocab] fp32 buffer at a time (plus its cast under bf16)."""
 
         @staticmethod
         def forward(ctx, hidden, weight, bias, targets, chunk, dtype):  # type: ignore[override]
@@ -205,17 +206,20 @@ def _function() -> Any:
             with torch.autocast(hidden.device.type, enabled=False):
                 h, w = hidden.to(dtype), weight.to(dtype)
                 b = bias.to(dtype) if bias is not None else None
-                total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+                lse = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+                target_logit = torch.empty_like(lse)
                 for s in range(0, h.shape[0], chunk):
                     logits = F.linear(h[s : s + chunk], w, b).float()  # [c, V]
-                    total = total + F.cross_entropy(logits, targets[s : s + chunk], reduction="sum")
-            ctx.save_for_backward(hidden, weight, bias, targets)
+                    torch.logsumexp(logits, dim=-1, out=lse[s : s + chunk])
+                    target_logit[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)
+                total = (lse - target_logit).sum()  # sum of -log softmax(logits)[target]
+            ctx.save_for_backward(hidden, weight, bias, targets, lse)
             ctx.chunk, ctx.dtype = chunk, dtype
             return total
 
         @staticmethod
         def backward(ctx, grad_total):  # type: ignore[override]
-            hidden, weight, bias, targets = ctx.saved_tensors
+            hidden, weight, bias, targets, lse = ctx.saved_tensors
             need_h, need_w, need_b = ctx.needs_input_grad[:3]
             chunk, dtype = ctx.chunk, ctx.dtype
             with torch.autocast(hidden.device.type, enabled=False):
@@ -229,8 +233,7 @@ def _function() -> Any:
                 for s in range(0, h.shape[0], chunk):
                     hc, tc = h[s : s + chunk], targets[s : s + chunk]
                     g = F.linear(hc, w, b).float()  # [c, V] logits, then their gradient in place
-                    g.sub_(g.amax(dim=-1, keepdim=True)).exp_()
-                    g.div_(g.sum(dim=-1, keepdim=True))
+                    g.sub_(lse[s : s + chunk, None]).exp_()  # softmax
                     g[torch.arange(g.shape[0], device=g.device), tc] -= 1.0
                     g.mul_(scale)
                     if need_b:
