@@ -77,26 +77,6 @@ def samples(bpe_tokenizer, sample_path) -> list[dict]:
     return [{"input_ids": e.input_ids, "labels": e.labels} for e in picks]
 
 
-@pytest.fixture(scope="module")
-def tied_dir(tiny_dir, tmp_path_factory) -> pathlib.Path:
-    """The tiny Llama with tied input/output embeddings (as Llama-3.2-1B / Qwen2-0.5B ship)."""
-    import shutil
-
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(tiny_dir)
-    assert config.tie_word_embeddings is False
-    config.tie_word_embeddings = True
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    out = tmp_path_factory.mktemp("tied") / "tiny-tied"
-    model.save_pretrained(out)
-    for f in tiny_dir.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(f, out / f.name)
-    return out
-
-
 def trainer_for(cfg: Config, samples: list[dict], pad_id: int, callbacks=()):
     from vicuna_sft.arguments import to_training_arguments
     from vicuna_sft.data.collate import Collator

@@ -230,3 +230,49 @@ def test_liger_is_refused_early_without_cuda_or_package():
     with pytest.raises(LossUnavailable, match=r"loss=liger .*CUDA.*use loss=chunked"):
         check(cfg)
     check(SimpleNamespace(loss=LossConfig(LossKind.chunked)))  # runs everywhere
+
+
+def _cli(run_module, tmp_path, *args: str):
+    out = tmp_path / "run"
+    return run_module("vicuna_sft", *args, f"hydra.run.dir={out}", f"trainer.output_dir={out}", cwd=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_cli_liger_is_refused_before_data_or_weights(run_module, tmp_path):
+    # a missing data file would be the first error if the data were read before the refusal
+    r = _cli(run_module, tmp_path, "loss=liger", "data=sharegpt", f"data.path={tmp_path / 'missing.json'}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "vicuna_sft: error: loss=liger runs Triton kernels on a CUDA GPU" in r.stderr
+    assert "missing.json" not in r.stderr and not (tmp_path / "run" / "data_stats.json").exists()
+
+
+def test_cli_chunk_tokens_must_be_positive_and_kinds_are_listed(run_module, tmp_path):
+    r = _cli(run_module, tmp_path, "loss.chunk_tokens=0")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "loss.chunk_tokens must be >= 1, got 0" in r.stderr
+    r = _cli(run_module, tmp_path, "loss=fused")
+    assert r.returncode != 0 and "Available options in 'loss'" in r.stderr
+    assert set(r.stderr.split("Available options in 'loss':", 1)[1].split()[:3]) == {
+        k.value for k in LossKind
+    }
+
+
+def test_loss_group_files_match_the_enum_and_chunked_is_the_default(tmp_path):
+    from importlib import resources
+
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vicuna_sft.config import register_configs, to_config
+
+    files = {f.name[: -len(".yaml")] for f in (resources.files("vicuna_sft.conf") / "loss").iterdir()}
+    assert files == {k.value for k in LossKind}
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="vicuna_sft.conf", version_base="1.3"):
+        out = f"trainer.output_dir={tmp_path}"
+        default = to_config(compose("config", overrides=[out])).loss
+        assert default == LossConfig(LossKind.chunked, LossConfig.chunk_tokens)
+        for kind in LossKind:
+            assert to_config(compose("config", overrides=[out, f"loss={kind.value}"])).loss.kind == kind
+    GlobalHydra.instance().clear()
