@@ -210,7 +210,8 @@ class AttentionConfig:
 class LossConfig:
     kind: LossKind = LossKind.chunked  # docs/benchmarks.md: peak memory and tokens/s against full
     # trained positions projected at once: the largest vocab-sized tensor is [chunk_tokens, vocab] fp32
-    chunk_tokens: int = 1024
+    # (512 x 128,256 x 4 B = 262 MB; docs/benchmarks.md has 256 / 512 / 1024 at 128k vocab)
+    chunk_tokens: int = 512
 
 
 @dataclass
