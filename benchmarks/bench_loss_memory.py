@@ -1,4 +1,4 @@
-"""Loss variants side by side: transformers' `full` loss against `chunked` (vicuna_sft/loss.py).
+"""Loss variants side by side: transformers' `full` loss against `chunked` (vicuna_sft/model/loss.py).
 
 A training step (forward, backward, AdamW) on one packed row of 2048 tokens, on CPU, fp32, for
 vocab 32,000 (Llama 2) and 128,256 (Llama 3). The model is a 2-layer GQA Llama with hidden size
@@ -64,7 +64,7 @@ def run(kind: str, vocab: int, tokens: int, steps: int, chunk_tokens: int, threa
 
     from vicuna_sft.attention import sdpa
     from vicuna_sft.config import LossConfig, LossKind
-    from vicuna_sft.loss import install
+    from vicuna_sft.model.loss import install
 
     torch.manual_seed(0)
     config = LlamaConfig(

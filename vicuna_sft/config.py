@@ -101,7 +101,7 @@ class Scheduler(str, Enum):
 
 
 class LossKind(str, Enum):
-    """How the causal-LM loss is computed (vicuna_sft/loss.py); the same normalisation in all three."""
+    """How the causal-LM loss is computed (vicuna_sft/model/loss.py); the same normalisation in all three."""
 
     chunked = "chunked"  # lm_head + cross-entropy on trained positions only, chunk_tokens at a time
     full = "full"  # transformers' own: fp32 logits [tokens, vocab] for every position

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vicuna_sft.config import LossConfig, LossKind
-from vicuna_sft.loss import install
+from vicuna_sft.model.loss import install
 
 pytestmark = [
     pytest.mark.gpu,

@@ -21,7 +21,6 @@ def run(kind: str, model_dir: str, samples: list[dict], out_dir: str) -> dict:
     from torch.distributed.tensor import DTensor
     from transformers import AutoTokenizer, TrainerCallback
 
-    from vicuna_sft.arguments import to_training_arguments
     from vicuna_sft.config import (
         AttentionConfig,
         Config,
@@ -37,8 +36,9 @@ def run(kind: str, model_dir: str, samples: list[dict], out_dir: str) -> dict:
         TrainerConfig,
     )
     from vicuna_sft.data.collate import Collator, pad_id_for
-    from vicuna_sft.model import load_model
-    from vicuna_sft.trainer import Trainer
+    from vicuna_sft.model.loading import load_model
+    from vicuna_sft.training.arguments import to_training_arguments
+    from vicuna_sft.training.trainer import Trainer
 
     cfg = Config(
         model=ModelConfig(name_or_path=model_dir),
@@ -71,7 +71,7 @@ def run(kind: str, model_dir: str, samples: list[dict], out_dir: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     trainer = Trainer(
         model=model,
-        args=to_training_arguments(cfg, world_size=2, wrap_classes=list(model._no_split_modules)),
+        args=to_training_arguments(cfg, wrap_classes=list(model._no_split_modules)),  # world size: torchrun's
         train_dataset=samples,
         eval_dataset=samples,
         data_collator=Collator(pad_id_for(tokenizer), cfg.data.padding, cfg.data.max_length),

@@ -78,10 +78,10 @@ def samples(bpe_tokenizer, sample_path) -> list[dict]:
 
 
 def trainer_for(cfg: Config, samples: list[dict], pad_id: int, callbacks=()):
-    from vicuna_sft.arguments import to_training_arguments
     from vicuna_sft.data.collate import Collator
-    from vicuna_sft.model import load_model
-    from vicuna_sft.trainer import Trainer
+    from vicuna_sft.model.loading import load_model
+    from vicuna_sft.training.arguments import to_training_arguments
+    from vicuna_sft.training.trainer import Trainer
 
     torch.manual_seed(0)
     model = load_model(cfg)
@@ -108,7 +108,7 @@ def one_step(cfg: Config, samples: list[dict], pad_id: int) -> dict:
 
     model, trainer = trainer_for(cfg, samples, pad_id, [Grab()])
     tied = model.lm_head.weight is model.model.embed_tokens.weight
-    installed = getattr(model, "_vicuna_sft_loss", None)  # set by vicuna_sft.loss.install
+    installed = getattr(model, "_vicuna_sft_loss", None)  # set by vicuna_sft.model.loss.install
     assert installed == (None if cfg.loss.kind == LossKind.full else cfg.loss.kind)
     eval_loss = trainer.evaluate()["eval_loss"]  # the initial weights, through the same loss path
     out = trainer.train()

@@ -14,7 +14,7 @@ import torch
 from vicuna_sft.config import LossConfig, LossKind, Padding
 from vicuna_sft.data.collate import Collator
 from vicuna_sft.data.encode import IGNORE_INDEX
-from vicuna_sft.loss import LossUnavailable, chunked_cross_entropy_sum, install
+from vicuna_sft.model.loss import LossUnavailable, chunked_cross_entropy_sum, install
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 VOCAB = 300
@@ -222,7 +222,7 @@ def test_refuses_a_model_whose_logits_are_transformed_after_lm_head():
 def test_liger_is_refused_early_without_cuda_or_package():
     from types import SimpleNamespace
 
-    from vicuna_sft.loss import check
+    from vicuna_sft.model.loss import check
 
     cfg = SimpleNamespace(loss=LossConfig(LossKind.liger))
     if torch.cuda.is_available():

@@ -33,11 +33,10 @@ from types import MethodType
 from typing import Any
 
 from ..config import Config, LossConfig, LossKind
+from ..data.encode import IGNORE_INDEX
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100  # transformers' ignore index; vicuna_sft.data.encode masks with the same value
 
 
 class LossUnavailable(UserError, RuntimeError):
