@@ -200,6 +200,11 @@ def test_survives_peft_lora_wrapping():
     for n in trainable:
         assert ref[1][n].abs().sum() > 0
         torch.testing.assert_close(got[1][n], ref[1][n], **TOL)
+    # an adapter on lm_head itself would be bypassed by a projection with lm_head's weight: refused
+    on_head = install(copy.deepcopy(base), LossConfig(LossKind.chunked))
+    on_head = peft.get_peft_model(on_head, peft.LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(LossUnavailable, match=r"lm_head is now a .*use loss=full"):
+        on_head(**batch)
 
 
 def test_refuses_a_model_whose_logits_are_transformed_after_lm_head():

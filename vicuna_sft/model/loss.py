@@ -71,7 +71,7 @@ def install(model: Any, cfg: LossConfig) -> Any:
         if model._vicuna_sft_loss != kind:
             raise ValueError(f"loss={model._vicuna_sft_loss.value} is already installed on this model")
         return model
-    head = _check_model(model, kind)
+    _check_model(model, kind)
     if kind == LossKind.liger:
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
 
@@ -113,6 +113,8 @@ def install(model: Any, cfg: LossConfig) -> Any:
                 f"loss={kind.value}: expected one decoder call per forward, saw {len(captured)}"
             )
         hidden, targets = trained_positions(captured[0], labels, shift_labels)
+        # looked up per call: an adapter applied after install may have replaced lm_head
+        head = _plain_head(self.get_output_embeddings(), kind)
         total = loss_sum(hidden, head.weight, head.bias, targets)
         num_items = kwargs.get("num_items_in_batch")
         if num_items is None:
@@ -132,24 +134,38 @@ def install(model: Any, cfg: LossConfig) -> Any:
     return model
 
 
-def _check_model(model: Any, kind: LossKind) -> Any:
-    """The output head this loss projects with: a plain Linear applied as is to the decoder's output."""
-    import torch
-
+def _check_model(model: Any, kind: LossKind) -> None:
+    """The output head must be a plain Linear applied as is to the decoder's output."""
     name = type(model).__name__
     params = inspect.signature(type(model).forward).parameters
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     problems = []
     if "logits_to_keep" not in params or not hasattr(model, "get_decoder"):
         problems.append("its forward takes no `logits_to_keep` or it has no decoder")
-    if type(head) is not torch.nn.Linear:
-        problems.append(f"its output head is {type(head).__name__}, not a torch.nn.Linear")
+    if not _is_plain_linear(head):
+        problems.append(f"its output head is {type(head).__name__}, not a torch.nn.Linear with float weights")
     config = getattr(model, "config", None)
     for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
         if getattr(config, attr, None) not in (None, 1, 1.0):
             problems.append(f"its logits are transformed after lm_head (config.{attr})")
     if problems:
         raise LossUnavailable(f"loss={kind.value} cannot run on {name}: {'; '.join(problems)}; use loss=full")
+
+
+def _is_plain_linear(head: Any) -> bool:
+    """A Linear whose weight is the projection itself (not a 4-bit container, not an adapter wrapper)."""
+    import torch
+
+    return isinstance(head, torch.nn.Linear) and head.weight.is_floating_point()
+
+
+def _plain_head(head: Any, kind: LossKind) -> Any:
+    if not _is_plain_linear(head):
+        raise LossUnavailable(
+            f"loss={kind.value} projects with lm_head's weight, but lm_head is now a {type(head).__name__} "
+            "(an adapter or modules_to_save on lm_head?): its extra weights would be ignored; "
+            "leave lm_head out of the adapter, or use loss=full"
+        )
     return head
 
 
