@@ -1,5 +1,5 @@
 """Loading the tokenizer and the causal LM, through `from_pretrained` for every model (the tiny
-one included), with the configured attention variant applied to this instance."""
+one included), with the configured attention and loss variants applied to this instance."""
 
 import logging
 import math

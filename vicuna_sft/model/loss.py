@@ -16,7 +16,11 @@ model's own forward, unchanged. Rebinding `forward` on the instance is what acce
 autocast; no class is touched. Because the loss is computed inside the model's forward:
 - FSDP2 has `lm_head`'s weight (or the tied embedding) all-gathered, and reduces its gradient;
 - accelerate's autocast covers it (bf16 runs project in bf16 and take the loss in fp32, as `full`);
-- PEFT's wrappers call this instance, so `get_peft_model` after `install` keeps it.
+- PEFT's wrappers call this instance, so `get_peft_model` after `install` keeps it (an adapter
+  on lm_head itself is refused at the first forward: its weights would be bypassed).
+Why not less: setting `model.loss_function` alone cannot help, because LlamaForCausalLM.forward
+projects every kept position through lm_head before calling it; and module hooks around the
+root would run outside accelerate's autocast wrapper and after FSDP's post-forward hook.
 
 Normalisation is transformers' `ForCausalLMLoss`: the sum over trained tokens divided by
 `num_items_in_batch` when the Trainer passes it (trained tokens across gradient accumulation and
