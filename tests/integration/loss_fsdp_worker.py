@@ -1,11 +1,11 @@
 """Run by tests/integration/test_loss_distributed.py under torchrun (2 ranks, gloo, CPU):
 one Trainer step (gradient accumulation 2) with fsdp=full_shard for loss=full and then
-loss=chunked, the model built by load_model. Every rank gathers each parameter's full gradient
+loss=chunked, for each given model directory, the model built by load_model. Every rank gathers each parameter's full gradient
 (DTensor.full_tensor is a collective) before the optimizer step; rank 0 saves, per loss kind,
 the eval loss, the training loss, the gathered gradients and whether the parameters were
 sharded DTensors.
 
-Usage: torchrun --nproc_per_node=2 loss_fsdp_worker.py MODEL_DIR SAMPLES_JSON OUT_PT
+Usage: torchrun --nproc_per_node=2 loss_fsdp_worker.py SAMPLES_JSON OUT_PT MODEL_DIR [MODEL_DIR ...]
 """
 
 from __future__ import annotations
@@ -87,10 +87,14 @@ def run(kind: str, model_dir: str, samples: list[dict], out_dir: str) -> dict:
 
 
 def main() -> None:
-    model_dir, samples_json, out = sys.argv[1:4]
+    samples_json, out, *model_dirs = sys.argv[1:]
     with open(samples_json) as f:
         samples = json.load(f)
-    results = {kind: run(kind, model_dir, samples, out + ".runs") for kind in ("full", "chunked")}
+    results = {
+        (model_dir, kind): run(kind, model_dir, samples, f"{out}.runs/{i}")
+        for i, model_dir in enumerate(model_dirs)
+        for kind in ("full", "chunked")
+    }
     if torch.distributed.get_rank() == 0:
         torch.save(results, out)
     torch.distributed.barrier()

@@ -32,9 +32,12 @@ def eight_samples(bpe_tokenizer, sample_path) -> list[dict]:
     return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded[:8]]
 
 
-def run_two_ranks(model_dir: pathlib.Path, samples: list[dict], tmp: pathlib.Path) -> dict:
+@pytest.fixture(scope="module")
+def two_rank_runs(tiny_dir, tied_dir, eight_samples, tmp_path_factory) -> dict:
+    """One torchrun launch: both models, loss=full then loss=chunked each."""
+    tmp = tmp_path_factory.mktemp("loss-fsdp")
     data = tmp / "samples.json"
-    data.write_text(json.dumps(samples))
+    data.write_text(json.dumps(eight_samples))
     out = tmp / "result.pt"
     env = {
         **os.environ,
@@ -46,7 +49,7 @@ def run_two_ranks(model_dir: pathlib.Path, samples: list[dict], tmp: pathlib.Pat
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
-        [*cmd, str(WORKER), str(model_dir), str(data), str(out)],
+        [*cmd, str(WORKER), str(data), str(out), str(tiny_dir), str(tied_dir)],
         capture_output=True,
         text=True,
         cwd=tmp,
@@ -58,9 +61,9 @@ def run_two_ranks(model_dir: pathlib.Path, samples: list[dict], tmp: pathlib.Pat
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_chunked_equals_full_under_full_shard_on_two_ranks(tiny_dir, tied_dir, eight_samples, tmp_path, tied):
-    runs = run_two_ranks(tied_dir if tied else tiny_dir, eight_samples, tmp_path)
-    full, chunked = runs["full"], runs["chunked"]
+def test_chunked_equals_full_under_full_shard_on_two_ranks(two_rank_runs, tiny_dir, tied_dir, tied):
+    model_dir = str(tied_dir if tied else tiny_dir)
+    full, chunked = two_rank_runs[model_dir, "full"], two_rank_runs[model_dir, "chunked"]
     assert full["world_size"] == chunked["world_size"] == 2
     assert (full["loss_installed"], chunked["loss_installed"]) == ("None", "LossKind.chunked")
     # really sharded: every parameter a DTensor, lm_head's weight (or the embedding it is tied to) included
