@@ -14,7 +14,7 @@ import torch
 from vicuna_sft.config import LossConfig, LossKind, Padding
 from vicuna_sft.data.collate import Collator
 from vicuna_sft.data.encode import IGNORE_INDEX
-from vicuna_sft.model.loss import LossUnavailable, chunked_cross_entropy_sum, install
+from vicuna_sft.model.loss import LossUnavailable, check_model_config, chunked_cross_entropy_sum, install
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 VOCAB = 300
@@ -220,6 +220,9 @@ def test_refuses_a_model_whose_logits_are_transformed_after_lm_head():
         head_dim=8,
         final_logit_softcapping=30.0,
     )
+    with pytest.raises(LossUnavailable, match=r"final_logit_softcapping.*use loss=full"):
+        check_model_config(LossConfig(LossKind.chunked), config)  # what load_model asks before any weight
+    check_model_config(LossConfig(LossKind.full), config)
     with pytest.raises(LossUnavailable, match=r"final_logit_softcapping.*use loss=full"):
         install(Gemma2ForCausalLM(config), LossConfig(LossKind.chunked))
 

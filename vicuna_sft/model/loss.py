@@ -148,12 +148,30 @@ def _check_model(model: Any, kind: LossKind) -> None:
         problems.append("its forward takes no `logits_to_keep` or it has no decoder")
     if not _is_plain_linear(head):
         problems.append(f"its output head is {type(head).__name__}, not a torch.nn.Linear with float weights")
-    config = getattr(model, "config", None)
-    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
-        if getattr(config, attr, None) not in (None, 1, 1.0):
-            problems.append(f"its logits are transformed after lm_head (config.{attr})")
+    problems += _config_problems(getattr(model, "config", None))
     if problems:
         raise LossUnavailable(f"loss={kind.value} cannot run on {name}: {'; '.join(problems)}; use loss=full")
+
+
+def check_model_config(cfg: LossConfig, config: Any) -> None:
+    """What the model's config alone tells, before any weight loads (load_model calls this)."""
+    kind = LossKind(cfg.kind)
+    problems = _config_problems(config) if kind != LossKind.full else []
+    if problems:
+        model_type = getattr(config, "model_type", type(config).__name__)
+        raise LossUnavailable(
+            f"loss={kind.value} cannot run on {model_type}: {'; '.join(problems)}; use loss=full"
+        )
+
+
+def _config_problems(config: Any) -> list[str]:
+    """Logit transforms after lm_head (Gemma 2's softcapping, Cohere's scale) that a projection with
+    lm_head's weight alone would skip."""
+    return [
+        f"its logits are transformed after lm_head (config.{attr})"
+        for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+        if getattr(config, attr, None) not in (None, 1, 1.0)
+    ]
 
 
 def _is_plain_linear(head: Any) -> bool:
