@@ -7,6 +7,7 @@
   form and reloaded with ``AutoTokenizer``, as a hub model would be. Its ``pad_token`` is None
   and, like any ``LlamaTokenizer`` without a saved setting, its ``padding_side`` is "left".
 - ``sample_path``: the bundled ShareGPT sample file.
+- ``tied_dir``: the tiny model with tied input/output embeddings (tokenizer copied alongside).
 """
 
 from __future__ import annotations
@@ -102,3 +103,22 @@ def run_module(cache_dir: str):
         return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tied_dir(tiny_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The tiny Llama with tied input/output embeddings (as Llama-3.2-1B / Qwen2-0.5B ship)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_dir)
+    assert config.tie_word_embeddings is False
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    out = tmp_path_factory.mktemp("tied") / "tiny-tied"
+    model.save_pretrained(out)
+    for f in tiny_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, out / f.name)
+    return out

@@ -100,6 +100,14 @@ class Scheduler(str, Enum):
     constant_with_warmup = "constant_with_warmup"
 
 
+class LossKind(str, Enum):
+    """How the causal-LM loss is computed (vicuna_sft/model/loss.py); the same normalisation in all three."""
+
+    chunked = "chunked"  # lm_head + cross-entropy on trained positions only, chunk_tokens at a time
+    full = "full"  # transformers' own: fp32 logits [tokens, vocab] for every position
+    liger = "liger"  # liger-kernel's fused linear cross-entropy (CUDA, `liger` extra)
+
+
 class Optim(str, Enum):
     adamw_torch = "adamw_torch"
     adamw_torch_fused = "adamw_torch_fused"
@@ -199,6 +207,14 @@ class AttentionConfig:
 
 
 @dataclass
+class LossConfig:
+    kind: LossKind = LossKind.chunked  # docs/benchmarks.md: peak memory and tokens/s against full
+    # trained positions projected at once: the largest vocab-sized tensor is [chunk_tokens, vocab] fp32
+    # (512 x 128,256 x 4 B = 262 MB; docs/benchmarks.md has 256 / 512 / 1024 at 128k vocab)
+    chunk_tokens: int = 512
+
+
+@dataclass
 class FsdpConfig:
     strategy: FsdpStrategy = FsdpStrategy.none
     state_dict_type: StateDictType = StateDictType.full  # for intermediate checkpoints
@@ -264,6 +280,7 @@ class Config:
     attention: AttentionConfig = MISSING
     fsdp: FsdpConfig = MISSING
     optimizer: OptimizerConfig = MISSING
+    loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 

@@ -56,6 +56,7 @@ def validate(cfg: Config) -> None:
         (t.logging_steps > 0, f"trainer.logging_steps must be > 0, got {t.logging_steps}"),
         (t.save_steps > 0, f"trainer.save_steps must be > 0, got {t.save_steps}"),
         (t.eval_steps is None or t.eval_steps > 0, f"trainer.eval_steps must be > 0, got {t.eval_steps}"),
+        (cfg.loss.chunk_tokens >= 1, f"loss.chunk_tokens must be >= 1, got {cfg.loss.chunk_tokens}"),
         (0 <= d.eval_fraction < 1, f"data.eval_fraction must be in [0, 1), got {d.eval_fraction}"),
         (
             t.eval_strategy == Strategy.no or d.eval_path or d.eval_fraction > 0,

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip download -q --no-deps -d wheelhouse "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3,<2.4" \
-  "antlr4-python3-runtime==4.9.3" "accelerate>=1.10" psutil pytest iniconfig pluggy
+  "antlr4-python3-runtime==4.9.3" "accelerate>=1.10" psutil pytest iniconfig pluggy "liger-kernel>=0.5"

@@ -1,1 +1,1 @@
-"""The model: loading (tokenizer, causal LM with its attention variant), the builtin tiny model."""
+"""The model: loading (tokenizer, causal LM with its attention and loss variants), the loss, the builtin tiny model."""

@@ -1,5 +1,5 @@
 """Loading the tokenizer and the causal LM, through `from_pretrained` for every model (the tiny
-one included), with the configured attention variant applied to this instance."""
+one included), with the configured attention and loss variants applied to this instance."""
 
 import logging
 import math
@@ -10,6 +10,7 @@ from typing import Any
 from .. import attention
 from ..config import Builtin, Config, ModelConfig, builtin_path
 from ..errors import UserError
+from . import loss as losses
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +77,22 @@ def check_attention(cfg: Config) -> None:
     attention.get(cfg.attention.implementation).check(cfg)
 
 
+def check_loss(cfg: Config) -> None:
+    """loss=liger without CUDA or without the package, up front."""
+    losses.check(cfg)
+
+
 def load_model(cfg: Config) -> Any:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     variant = attention.get(cfg.attention.implementation)
     variant.check(cfg)  # fail before loading any weights
+    losses.check(cfg)
     path = resolve_path(cfg.model)
     common = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
     config = _wrap_hub_errors("model config", path, AutoConfig.from_pretrained, **common)
+    losses.check_model_config(cfg.loss, config)  # e.g. logit softcapping, before the weights load
     factor = rope_scaling_factor(cfg.data.max_length, getattr(config, "max_position_embeddings", None))
     if factor:
         theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
@@ -106,4 +114,5 @@ def load_model(cfg: Config) -> Any:
         attn_implementation=variant.implementation(cfg),
         **common,
     )
-    return variant.prepare(model)
+    # the loss variant, on this instance (an adapter wrapping it later calls through it)
+    return losses.install(variant.prepare(model), cfg.loss)
