@@ -32,7 +32,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .config import AttentionConfig, AttentionImpl, Config, Padding, Precision, register_configs
+from .config import AttentionConfig, AttentionImpl, Config, LossKind, Padding, Precision, register_configs
 from .errors import UserError
 from .validation import checked
 
@@ -122,11 +122,13 @@ def split_config(dcfg: DictConfig) -> tuple[Config, CheckOptions]:
 
 
 def reference_config(cfg: Config) -> Config:
-    """What the configured variant must agree with: eager attention on a right-padded batch."""
+    """What the configured variant must agree with: eager attention on a right-padded batch,
+    transformers' own loss."""
     return replace(
         cfg,
         attention=AttentionConfig(implementation=AttentionImpl.eager),
         data=replace(cfg.data, padding=Padding.longest),
+        loss=replace(cfg.loss, kind=LossKind.full),
     )
 
 
@@ -308,7 +310,11 @@ class Report:
 
 
 def describe(cfg: Config) -> dict[str, str]:
-    return {"attention": cfg.attention.implementation.value, "padding": cfg.data.padding.value}
+    return {
+        "attention": cfg.attention.implementation.value,
+        "padding": cfg.data.padding.value,
+        "loss": cfg.loss.kind.value,
+    }
 
 
 def batch_features(cfg: Config, tokenizer: Any, n: int) -> list[dict[str, Any]]:
@@ -338,10 +344,11 @@ def check(cfg: Config, options: CheckOptions | None = None) -> Report:
     (`validation.checked`, as the command composes it)."""
     from .data.collate import pad_id_for
     from .data.encode import IGNORE_INDEX
-    from .model.loading import check_attention, load_tokenizer
+    from .model.loading import check_attention, check_loss, load_tokenizer
 
     options = options or CheckOptions()
-    check_attention(cfg)  # e.g. attention=flash without CUDA: refused before anything loads
+    check_attention(cfg)
+    check_loss(cfg)  # e.g. attention=flash without CUDA: refused before anything loads
     if options.samples is not None and options.samples < 1:
         raise CheckError(f"check.samples must be >= 1, got {options.samples}")
     for key in ("loss_tol", "logits_tol", "grads_tol"):

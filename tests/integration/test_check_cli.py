@@ -17,7 +17,10 @@ def test_passes_and_writes_report(run_module, tmp_path):
         "vicuna_sft.check", "data.padding=packed", "attention=sdpa", f"hydra.run.dir={out}", cwd=tmp_path
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "attention=sdpa, padding=packed  vs reference  attention=eager, padding=longest" in r.stdout
+    assert (
+        "attention=sdpa, padding=packed, loss=chunked  vs reference  attention=eager, padding=longest, loss=full"
+        in r.stdout
+    )
     assert f"vicuna_sft.check: passed (report: {out / 'check.json'})" in r.stdout
     report = json.loads((out / "check.json").read_text())
     assert report["ok"] is True and report["precision"] == "float32" and report["samples"] == 4
