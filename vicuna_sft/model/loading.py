@@ -85,6 +85,7 @@ def load_model(cfg: Config) -> Any:
     path = resolve_path(cfg.model)
     common = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
     config = _wrap_hub_errors("model config", path, AutoConfig.from_pretrained, **common)
+    variant.check_model(cfg, config)  # e.g. softcapping or sinks the kernel lacks: still before weights
     factor = rope_scaling_factor(cfg.data.max_length, getattr(config, "max_position_embeddings", None))
     if factor:
         theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
