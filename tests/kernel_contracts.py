@@ -80,8 +80,8 @@ RULES: dict[str, str] = {
     "xformers.bmghk_forward_only": "xformers/ops/fmha/__init__.py:266 ('MQA/GQA ... supported only for "
     "the forward pass'); flash.py:719, flash3.py:796 and common.py:403 (cutlass.BwOp) SUPPORTS_BMGHK = "
     "False; __init__.py:134-144 picks the backward op inside the forward when an input requires grad",
-    "xformers.bias_type": "xformers/ops/fmha/flash.py:698-713, cutlass.py:339-353 (bias types every "
-    "backward op accepts)",
+    "xformers.bias_type": "xformers/ops/fmha/flash.py:698-713, cutlass.py:339-353 (a bias type that "
+    "every backward op accepts: in flash.BwOp's and cutlass.BwOp's lists; a tensor bias is not in flash's)",
     "xformers.seqlens_ints": "xformers/ops/fmha/attn_bias.py:423 (seqlens a list of ints, not a tensor)",
     "xformers.window_positive": "xformers/ops/fmha/attn_bias.py:1876-1880 (window_size > 0)",
     "xformers.dropout": "xformers/ops/fmha/common.py:286-287 (0 <= p <= 1)",
