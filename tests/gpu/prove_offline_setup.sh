@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Proves on a CPU machine that run_gpu_checks.sh sets itself up on a bare GPU machine WITHOUT NETWORK,
+# up to its first CUDA call:
+#   1. a copy of the tree (tracked + untracked-not-ignored files) plus tests/gpu/wheelhouse, as the GPU
+#      machine receives it (the wheelhouse is git-ignored: it must travel with the tree)
+#   2. a fresh virtualenv holding only torch (the CPU build here) and transformers, with their own deps
+#   3. network off: no pip config, no find-links, PIP_NO_INDEX=1, HF_HUB_OFFLINE=1, a bare environment;
+#      run_gpu_checks.sh with SETUP_ONLY=1 (offline installs from the wheelhouse, vicuna_sft installed,
+#      the headline config composed)
+#   4. pytest -m gpu there: collected, and every test skipped for lack of CUDA (no import error)
+#   5. the headline command itself: it must get as far as the attention check and stop with its
+#      "needs a CUDA GPU" message (config, validation and imports all passed)
+# Steps 1-2 use the network (they stand for the GPU machine's image); so does building the wheelhouse
+# with make_wheelhouse.sh when it is absent or REBUILD_WHEELHOUSE=1.
+# Run by hand (about 4-5 minutes here, mostly step 2; too slow for the test suite):
+#   bash tests/gpu/prove_offline_setup.sh      (recorded output: docs/benchmarks.md, "GPU")
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=${WORK:-$(mktemp -d)}
+PYTHON_BOOT=${PYTHON_BOOT:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}  # the CPU wheel, as the Makefile installs it
+TRANSFORMERS_SPEC=${TRANSFORMERS_SPEC:-transformers>=5,<6}
+start=$SECONDS
+step() { echo "== [$((SECONDS - start)) s] $*"; }
+
+if [ ! -d "$ROOT/tests/gpu/wheelhouse" ] || [ "${REBUILD_WHEELHOUSE:-0}" = 1 ]; then
+  step "building tests/gpu/wheelhouse (network)"
+  PYTHON=${PYTHON:-$ROOT/.venv/bin/python} bash "$ROOT/tests/gpu/make_wheelhouse.sh"
+fi
+
+step "1. copy of the tree + wheelhouse -> $WORK/tree"
+mkdir -p "$WORK/tree"
+(cd "$ROOT" && { git ls-files --cached --others --exclude-standard; find tests/gpu/wheelhouse -type f; } \
+  | sort -u | while read -r f; do [ -e "$f" ] && printf '%s\0' "$f"; done | tar --null -T - -cf -) \
+  | tar -xf - -C "$WORK/tree"
+
+step "2. fresh venv with only $TORCH_SPEC and $TRANSFORMERS_SPEC"
+$PYTHON_BOOT -m venv "$WORK/venv"
+VPY=$WORK/venv/bin/python
+$VPY -m pip install -q "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
+$VPY -m pip install -q "$TRANSFORMERS_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
+$VPY -m pip list --format=freeze > "$WORK/base-packages.txt"
+echo "base venv: $(wc -l < "$WORK/base-packages.txt") distributions ($(grep -iE '^(torch|transformers)==' "$WORK/base-packages.txt" | tr '\n' ' '))"
+for mod in hydra omegaconf accelerate pytest vicuna_sft; do  # (from outside the tree)
+  ! (cd "$WORK" && $VPY -c "import $mod" 2>/dev/null) || { echo "the base venv already has $mod" >&2; exit 1; }
+done
+
+offline() {  # a bare environment, pip cut off from every index and local wheel folder
+  env -i PATH="$WORK/venv/bin:/usr/bin:/bin" HOME="$WORK/home" LANG=C.UTF-8 \
+    PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHON="$VPY" "$@"
+}
+
+step "3. network off: run_gpu_checks.sh SETUP_ONLY=1"
+mkdir -p "$WORK/home" "$WORK/out"
+(cd "$WORK/tree" && offline SETUP_ONLY=1 OUT="$WORK/out" bash tests/gpu/run_gpu_checks.sh)
+
+step "4. network off: pytest -m gpu"
+(cd "$WORK/tree" && offline "$VPY" -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider \
+  --junitxml="$WORK/gpu-tests.xml") | tail -15
+offline "$VPY" - "$WORK/gpu-tests.xml" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+
+suite = ET.parse(sys.argv[1]).getroot().iter("testsuite").__next__()
+counts = {k: int(suite.get(k, 0)) for k in ("tests", "errors", "failures", "skipped")}
+cases = list(suite.iter("testcase"))
+reasons = {c.find("skipped").get("message") for c in cases if c.find("skipped") is not None}
+print(f"pytest -m gpu: {counts}, skip reasons {sorted(reasons)}")
+assert counts["tests"] > 0 and counts["errors"] == counts["failures"] == 0, counts
+assert counts["skipped"] == counts["tests"] == len(cases), counts
+assert reasons == {"needs a CUDA device"}, reasons
+PY
+
+step "5. network off: the headline command up to its first CUDA call"
+set +e
+(cd "$WORK/out" && offline VICUNA_SFT_CACHE="$WORK/out/cache" "$VPY" -m vicuna_sft attention=flash \
+  fsdp=full_shard trainer.precision=bf16 trainer.max_steps=40 data.lazy=true data.eval_fraction=0 \
+  hydra.run.dir="$WORK/out/headline") > "$WORK/headline.log" 2>&1
+rc=$?
+set -e
+tail -3 "$WORK/headline.log"
+grep -q "attention=flash needs a CUDA GPU and none is visible here" "$WORK/headline.log" \
+  || { echo "the headline stopped elsewhere (rc=$rc): see $WORK/headline.log" >&2; exit 1; }
+! grep -q "Traceback" "$WORK/headline.log" || { echo "traceback in $WORK/headline.log" >&2; exit 1; }
+
+step "offline setup proven: $(ls "$ROOT/tests/gpu/wheelhouse" | wc -l) wheels; work dir $WORK"
