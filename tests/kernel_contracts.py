@@ -190,10 +190,16 @@ def _check_cu_seqlens(cu_q, cu_k, max_q, max_k, q, k) -> None:
             cu.ndim == 1 and int(cu[0]) == 0 and int(cu[-1]) == total and bool((lengths >= 0).all()),
             f"cu_seqlens_{name}={cu.tolist()} for {total} tokens",
         )
+        # an int in the op schemas; transformers passes a 0-d integer tensor when it derives the
+        # boundaries from position_ids (prepare_fa_kwargs_from_position_ids), which the schema's
+        # argument parsing takes as an int (tests/gpu runs that path on the real kernel)
+        integral = isinstance(max_len, int) or (
+            torch.is_tensor(max_len) and max_len.ndim == 0 and not max_len.is_floating_point()
+        )
         _require(
             "flash.cu_seqlens_values",
-            isinstance(max_len, int) and max_len >= int(lengths.max()),
-            f"max_seqlen_{name}={max_len!r} < longest sequence {int(lengths.max())}",
+            integral and int(max_len) >= int(lengths.max()),
+            f"max_seqlen_{name}={max_len!r} for a longest sequence of {int(lengths.max())}",
         )
     _require("flash.cu_seqlens_values", cu_q.shape == cu_k.shape, "cu_seqlens_q/k count different batches")
 
@@ -293,6 +299,50 @@ def flash_attn_varlen_func(
         right = 0
     calls.log.append({"kernel": "flash_attn_varlen_func", "window_size": (left, right), "softcap": softcap})
     return _varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, left, right, float(softcap))
+
+
+def flash_attn_func(
+    q,
+    k,
+    v,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
+    """flash_attn.flash_attn_func: q [B, L, H, D], k/v [B, L, Hkv, D], same rules as the varlen form."""
+    hq, hk = q.shape[2], k.shape[2]
+    _require("flash_attn.gqa_heads", hq % hk == 0, f"Hq={hq} not a multiple of Hkv={hk}")
+    _require(
+        "flash_attn.window",
+        len(tuple(window_size)) == 2 and isinstance(softcap, float | int),
+        f"window_size={window_size!r} softcap={softcap!r}",
+    )
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    _check_flash_tensors(q, k, v)
+    assert dropout_p == 0.0, "the reference computes no dropout"
+    left, right = window_size
+    if causal:
+        right = 0
+    calls.log.append({"kernel": "flash_attn_func", "window_size": (left, right), "softcap": softcap})
+    scale = 1 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
+    out = [
+        _attend(
+            q[b].transpose(0, 1),
+            k[b].transpose(0, 1),
+            v[b].transpose(0, 1),
+            scale,
+            left,
+            right,
+            float(softcap),
+        )
+        for b in range(q.shape[0])
+    ]
+    return torch.stack(out).transpose(1, 2)
 
 
 # --- torch.nn.functional.scaled_dot_product_attention under sdpa_kernel([FLASH_ATTENTION]) -----------

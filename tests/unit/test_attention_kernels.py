@@ -214,6 +214,62 @@ def test_training_calls_satisfy_kernel_contracts(
         assert [c["ndim"] for c in kc.calls.log] == [5] * model.config.num_hidden_layers
 
 
+# --- flash-attn installed: transformers' own flash_attention_2 calls flash-attn ------------------------
+
+
+@pytest.fixture
+def flash_attn_kernels(monkeypatch, kernels):
+    """flash-attn "installed": transformers' flash_attention_2 integration (the call site of
+    flash_attn_func / flash_attn_varlen_func in this configuration) gets the contract stand-ins."""
+    import transformers.modeling_flash_attention_utils as fau
+
+    stand_ins = (kc.flash_attn_func, kc.flash_attn_varlen_func, None, fau._pad_input, fau._unpad_input)
+    monkeypatch.setattr(fau, "_lazy_imports", lambda *args, **kwargs: stand_ins)
+    for name in ("_loaded_implementation", "_flash_fn", "_flash_varlen_fn", "_pad_fn", "_unpad_fn"):
+        monkeypatch.setattr(fau, name, None)
+    for name in ("_process_flash_kwargs_fn", "_flash_with_kvcache_fn", "_process_with_kvcache_kwargs_fn"):
+        monkeypatch.setattr(fau, name, getattr(fau, name))  # restored after the test
+    monkeypatch.setattr(flash_mod, "has_flash_attn", lambda: True)
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "2.8.3")
+    return kernels
+
+
+def _as_flash_attn(model):
+    """from_pretrained refuses flash_attention_2 without CUDA; the attention layers read the name
+    from the (shared) config at every forward, so switch it after loading."""
+    name = flash_mod.implementation(SimpleNamespace())
+    assert name == "flash_attention_2"
+    model.config._attn_implementation = name
+    return flash_mod.prepare(model)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_flash_attn_path_matches_eager(layout, tiny_dir, eager_reference, flash_attn_kernels):
+    model = _as_flash_attn(_load(tiny_dir, "eager"))
+    with kc.fp32_allowed():
+        loss, grads = _loss_and_grads(model, _batch(layout))
+    _assert_matches(loss, grads, eager_reference, **TOL)
+    # padded batches are unpadded by transformers: every layout reaches the varlen function
+    assert kc.calls.kernels() == ["flash_attn_varlen_func"] * model.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("layout", ["longest", "packed_position_ids_only"])
+def test_flash_attn_path_satisfies_contracts_in_bf16(layout, tiny_dir, eager_reference, flash_attn_kernels):
+    model = _as_flash_attn(_load(tiny_dir, "eager")).to(torch.bfloat16)
+    out = model(**_batch(layout))
+    out.loss.backward()
+    assert abs(out.loss.item() - eager_reference[0].item()) < 0.02 * eager_reference[0].item()
+    assert kc.calls.kernels() == ["flash_attn_varlen_func"] * model.config.num_hidden_layers
+
+
+def test_flash_attn_path_passes_the_sliding_window(eager_window_reference, flash_attn_kernels):
+    model = _as_flash_attn(_sliding_window_model("eager"))
+    with kc.fp32_allowed():
+        loss, grads = _loss_and_grads(model, _batch("packed"))
+    _assert_matches(loss, grads, eager_window_reference, **TOL)
+    assert {c["window_size"] for c in kc.calls.log} == {(7, 0)}  # (window - 1, window - 1), causal
+
+
 # --- refusals: features a kernel cannot compute -----------------------------------------------------
 
 
