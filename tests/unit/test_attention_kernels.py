@@ -302,6 +302,24 @@ def test_flash_attn_handles_softcap_but_not_sinks(monkeypatch):
         flash_mod.check_model(SimpleNamespace(), _config("gpt_oss"))
 
 
+@pytest.mark.parametrize("impl", ["flash", "xformers"])
+def test_load_model_refuses_softcapping_before_any_weights(impl, tmp_path, monkeypatch):
+    """A Gemma-2 directory with a config and no weights: the refusal must come from the config,
+    before loading would find that there are no weights."""
+    from vicuna_sft.config import AttentionConfig, AttentionImpl, Config, DataConfig, ModelConfig
+    from vicuna_sft.model import load_model
+
+    _config("gemma2", num_hidden_layers=1).save_pretrained(tmp_path)
+    monkeypatch.setattr(VARIANTS[impl], "check", lambda cfg: None)  # no CUDA / xformers here
+    cfg = Config(
+        model=ModelConfig(name_or_path=str(tmp_path)),
+        data=DataConfig(path="x.json"),
+        attention=AttentionConfig(implementation=AttentionImpl(impl)),
+    )
+    with pytest.raises(AttentionUnavailable, match=r"softcapping \(attn_logit_softcapping=50.0\)"):
+        load_model(cfg)
+
+
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
 @pytest.mark.parametrize("variant", ["eager", "sdpa", "flash", "xformers"])
 def test_supported_models_pass_the_build_check(variant, model_type):
