@@ -10,17 +10,18 @@
 # an explicit closure: resolving accelerate's dependencies would pull a (CUDA) torch into the folder.
 # setuptools/wheel: the build backend for `pip install -e .` (vicuna_sft itself, offline).
 # tests/gpu/prove_offline_setup.sh proves the folder is complete (fresh venv, pip --no-index).
+# Usage: make_wheelhouse.sh [OUTPUT_DIR]   (default: tests/gpu/wheelhouse)
 set -euo pipefail
-cd "$(dirname "$0")"
+OUTDIR=$(realpath -m "${1:-$(dirname "$0")/wheelhouse}")
 PY=${PYTHON:-python}
-rm -rf wheelhouse.tmp && mkdir wheelhouse.tmp
+rm -rf "$OUTDIR.tmp" && mkdir -p "$OUTDIR.tmp"
 # --no-binary tomli: its binary wheels are per Python version; the GPU machine's Python may differ
-$PY -m pip wheel -q --no-deps --no-binary tomli -w wheelhouse.tmp \
+$PY -m pip wheel -q --no-deps --no-binary tomli -w "$OUTDIR.tmp" \
   "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3,<2.4" "antlr4-python3-runtime==4.9.3" \
   "accelerate>=1.10" "psutil>=5.9" \
   "pytest>=8" iniconfig pluggy pygments "exceptiongroup>=1" "tomli>=1" \
   "setuptools>=70.1" wheel
-rm -rf wheelhouse && mv wheelhouse.tmp wheelhouse
-bad=$(find wheelhouse -type f ! -name '*.whl')
+rm -rf "$OUTDIR" && mv "$OUTDIR.tmp" "$OUTDIR"
+bad=$(find "$OUTDIR" -type f ! -name '*.whl')
 [ -z "$bad" ] || { echo "not a wheel: $bad" >&2; exit 1; }
-echo "tests/gpu/wheelhouse: $(ls wheelhouse | wc -l) wheels ($(du -sh wheelhouse | cut -f1)); carry it to the GPU machine"
+echo "$OUTDIR: $(ls "$OUTDIR" | wc -l) wheels ($(du -sh "$OUTDIR" | cut -f1)); carry it to the GPU machine as tests/gpu/wheelhouse"

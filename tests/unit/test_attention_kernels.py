@@ -307,7 +307,7 @@ def test_load_model_refuses_softcapping_before_any_weights(impl, tmp_path, monke
     """A Gemma-2 directory with a config and no weights: the refusal must come from the config,
     before loading would find that there are no weights."""
     from vicuna_sft.config import AttentionConfig, AttentionImpl, Config, DataConfig, ModelConfig
-    from vicuna_sft.model import load_model
+    from vicuna_sft.model.loading import load_model
 
     _config("gemma2", num_hidden_layers=1).save_pretrained(tmp_path)
     monkeypatch.setattr(VARIANTS[impl], "check", lambda cfg: None)  # no CUDA / xformers here
@@ -385,7 +385,7 @@ def test_compute_dtype_policy():
 def test_nothing_imported_or_registered_at_import_time():
     code = (
         "import sys\n"
-        "import vicuna_sft.model, vicuna_sft.attention.flash, vicuna_sft.attention.xformers\n"
+        "import vicuna_sft.model.loading, vicuna_sft.attention.flash, vicuna_sft.attention.xformers\n"
         "from transformers import AttentionInterface\n"
         "from transformers.masking_utils import AttentionMaskInterface\n"
         "names = set(AttentionInterface._global_mapping) | set(AttentionMaskInterface._global_mapping)\n"
