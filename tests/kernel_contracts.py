@@ -36,6 +36,8 @@ HALF = (torch.float16, torch.bfloat16)
 # rule id -> source of the rule (file:line in the version read, or C++ function + message)
 RULES: dict[str, str] = {
     # --- torch.nn.attention.varlen.varlen_attn (torch 2.13) --------------------------------------
+    "varlen.signature": "torch/nn/attention/varlen.py:176-192 (no dropout argument; after max_k only the "
+    "keywords return_aux, scale, window_size, enable_gqa, seqused_k, block_table, num_splits)",
     "varlen.gqa_heads": "torch/nn/attention/varlen.py:295-305 (Hq == Hkv unless enable_gqa; Hq % Hkv == 0)",
     "varlen.window": "torch/nn/attention/varlen.py:187,307 (window_size a (left, right) tuple; "
     "(-1, 0) is causal; is_causal is `window_size == (-1, 0)`, so a list never is)",
@@ -238,7 +240,7 @@ def varlen_attn(
     num_splits=None,
     **unexpected,
 ):
-    _require("varlen.window", not unexpected, f"unexpected keyword arguments {sorted(unexpected)}")
+    _require("varlen.signature", not unexpected, f"unexpected keyword arguments {sorted(unexpected)}")
     _require(
         "varlen.layout",
         query.ndim == key.ndim == value.ndim == 3 and key.shape == value.shape,

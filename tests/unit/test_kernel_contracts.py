@@ -83,6 +83,7 @@ def _gqa_5d(requires_grad):
 
 VIOLATIONS = {
     # varlen_attn
+    "varlen.signature": lambda: _varlen(dropout_p=0.1),
     "varlen.gqa_heads": lambda: _varlen(enable_gqa=False),
     "varlen.window": lambda: _varlen(window_size=[-1, 0]),  # a list: is_causal would be False
     "varlen.layout": lambda: _varlen(query=_packed()[0][None]),
