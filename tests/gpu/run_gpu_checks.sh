@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
+[[ "$PY" != */* ]] || PY=$(realpath "$PY")  # a relative path would break after the cd below
 OUT=${OUT:-$(mktemp -d)}
 WHEELS=tests/gpu/wheelhouse
 start=$SECONDS

@@ -56,7 +56,9 @@ def check_model(cfg: Any, model_config: Any) -> None:
 
 def implementation(cfg: Any) -> str:
     register(NAME, xformers_attention)
-    log.info("attention=xformers: xformers.ops.memory_efficient_attention (causal / block-diagonal causal)")
+    log.info(
+        "attention=xformers: xformers.ops.memory_efficient_attention (causal / block-diagonal causal / local)"
+    )
     return NAME
 
 
