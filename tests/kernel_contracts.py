@@ -62,8 +62,8 @@ RULES: dict[str, str] = {
     "(otherwise the dispatcher may silently pick the math kernel)",
     "sdpa_flash.no_mask": "sdp_utils.cpp check_for_attn_mask: flash takes no attn_mask (causal via is_causal)",
     "sdpa_flash.shape": "sdp_utils.cpp check_tensor_shapes: query/key/value 4-D [B, H, L, D]",
-    "sdpa_flash.dtype": "sdp_utils.cpp check_tensor_dtype / check_flash_attention_datatype: fp16/bf16, "
-    "all three the same",
+    "sdpa_flash.dtype": "sdp_utils.cpp check_dtypes_low_precision (flash: fp16/bf16, bf16 from sm80) and "
+    "sdp_utils_cpp.h check_tensor_dtype (query/key/value of one dtype)",
     "sdpa_flash.head_dim": "sdp_utils.cpp check_head_dim_size_flash: equal last dims, at most 256",
     "sdpa_flash.gqa_heads": "sdp_utils.cpp check_grouped_query_attention: enable_gqa and Hq % Hkv == 0, "
     "else equal heads",
