@@ -33,7 +33,12 @@ if [ -n "$need" ]; then
   $PY -m pip install -q --no-index --find-links "$WHEELS" $need
 fi
 # Always: an import from the repository root does not prove the package (and its conf/) is installed.
-$PY -m pip install -q --no-index --find-links "$WHEELS" --no-deps -e .
+# The editable build needs setuptools>=68 in pip's isolated build env: from the wheelhouse offline.
+if [ -d "$WHEELS" ]; then
+  $PY -m pip install -q --no-index --find-links "$WHEELS" --no-deps -e .
+else
+  $PY -m pip install -q --no-deps -e .  # no wheelhouse: this machine must reach an index
+fi
 $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('vicuna_sft.conf') is None)" \
   || { echo "vicuna_sft.conf is not importable after the install" >&2; exit 1; }
 HEADLINE=(attention=flash fsdp=full_shard trainer.precision=bf16
