@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
-[[ "$PY" != */* ]] || PY=$(realpath "$PY")  # a relative path would break after the cd below
+[[ "$PY" != */* ]] || PY=$(realpath -s "$PY")  # absolute (a venv python is a symlink: keep it)
 OUT=${OUT:-$(mktemp -d)}
 WHEELS=tests/gpu/wheelhouse
 start=$SECONDS
