@@ -320,6 +320,13 @@ def test_load_model_refuses_softcapping_before_any_weights(impl, tmp_path, monke
         load_model(cfg)
 
 
+def test_sliding_window_without_varlen_attn_refused(monkeypatch):
+    monkeypatch.setattr(flash_mod, "has_torch_varlen", lambda: False)
+    with pytest.raises(AttentionUnavailable, match="sliding window needs flash-attn"):
+        flash_mod.check_model(SimpleNamespace(), _config("mistral", sliding_window=4096))
+    flash_mod.check_model(SimpleNamespace(), _config("llama"))  # no window: SDPA's flash backend does
+
+
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
 @pytest.mark.parametrize("variant", ["eager", "sdpa", "flash", "xformers"])
 def test_supported_models_pass_the_build_check(variant, model_type):

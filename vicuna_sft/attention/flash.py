@@ -74,6 +74,16 @@ def check_model(cfg: Any, model_config: Any) -> None:
         refuse_model_features("flash (flash-attn)", model_config, softcap=False, sinks=True)
     else:
         refuse_model_features("flash (PyTorch flash kernels)", model_config, softcap=True, sinks=True)
+        window = getattr(model_config, "sliding_window", None) and getattr(
+            model_config, "use_sliding_window", True
+        )
+        if window and not has_torch_varlen():  # the window needs varlen_attn, padded batches too
+            import torch
+
+            raise AttentionUnavailable(
+                f"attention=flash: this model's sliding window needs flash-attn (pip install 'vicuna_sft[flash]') "
+                f"or torch.nn.attention.varlen (torch >= 2.10; this is {torch.__version__})"
+            )
 
 
 def implementation(cfg: Any) -> str:
