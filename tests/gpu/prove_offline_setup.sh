@@ -12,6 +12,8 @@
 #   4. pytest -m gpu there: collected, and every test skipped for lack of CUDA (no import error)
 #   5. the headline command itself: it must get as far as the attention check and stop with its
 #      "needs a CUDA GPU" message (config, validation and imports all passed)
+#   6. the same command on CPU (attention=sdpa, no FSDP, 2 steps): the training path past that check
+#      (data, model, Trainer) has every package it imports
 # Step 2 without BASE_FROM uses the network (it stands for the GPU machine's image); so does building
 # the wheelhouse (WHEELHOUSE, default tests/gpu/wheelhouse) with make_wheelhouse.sh when it is absent or
 # REBUILD_WHEELHOUSE=1. tests/integration/test_gpu_offline_setup.py runs this with BASE_FROM (slow).
@@ -120,5 +122,13 @@ tail -3 "$WORK/headline.log"
 grep -q "attention=flash needs a CUDA GPU and none is visible here" "$WORK/headline.log" \
   || { echo "the headline stopped elsewhere (rc=$rc): see $WORK/headline.log" >&2; exit 1; }
 ! grep -q "Traceback" "$WORK/headline.log" || { echo "traceback in $WORK/headline.log" >&2; exit 1; }
+
+step "6. network off: the same training path on CPU (attention=sdpa, no FSDP), 2 steps"
+(cd "$WORK/out" && offline VICUNA_SFT_CACHE="$WORK/out/cache" "$VPY" -m vicuna_sft trainer.max_steps=2 \
+  trainer.per_device_train_batch_size=8 trainer.save_strategy=no trainer.resume=never data.lazy=true \
+  data.eval_fraction=0 hydra.run.dir="$WORK/out/cpu_run") > "$WORK/cpu_run.log" 2>&1 \
+  || { tail -20 "$WORK/cpu_run.log"; echo "the CPU training run failed: $WORK/cpu_run.log" >&2; exit 1; }
+offline "$VPY" -c "import json, sys; r = json.load(open(sys.argv[1])); assert r['global_step'] == 2, r; \
+print('cpu run: 2 steps, loss', r['final_train_loss'])" "$WORK/out/cpu_run/result.json"
 
 step "offline setup proven: $(ls "$WHEELHOUSE" | wc -l) wheels; work dir $WORK"

@@ -2,8 +2,8 @@
 CPU by tests/gpu/prove_offline_setup.sh: a wheelhouse built by make_wheelhouse.sh (wheels only; this
 step uses PyPI), a fresh venv holding only the torch + transformers dependency closure (hard-linked
 from this environment), then with pip cut off: run_gpu_checks.sh up to its first CUDA call,
-`pytest -m gpu` collected with every test skipped for lack of CUDA, and the headline command
-stopping at the attention check's CUDA message."""
+`pytest -m gpu` collected with every test skipped for lack of CUDA, the headline command
+stopping at the attention check's CUDA message, and the same training path run on CPU."""
 
 from __future__ import annotations
 
@@ -51,4 +51,5 @@ def test_gpu_checks_set_up_offline_from_the_wheelhouse(tmp_path):
     )
     assert counts and int(counts[1]) == int(counts[2]) > 0, out[-3000:]
     assert "attention=flash needs a CUDA GPU and none is visible here" in out
+    assert "cpu run: 2 steps, loss" in out
     assert "offline setup proven" in out
