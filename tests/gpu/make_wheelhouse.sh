@@ -1,7 +1,27 @@
 #!/usr/bin/env bash
-# Fill tests/gpu/wheelhouse (git-ignored) with the pure-Python packages run_gpu_checks.sh needs on a
-# machine that has torch + transformers but no network. Run where PyPI is reachable; carry the folder.
+# Fill tests/gpu/wheelhouse with WHEELS of everything run_gpu_checks.sh needs beyond torch + transformers
+# (and their own dependencies), for a GPU machine without network. Run where PyPI is reachable.
+#
+# tests/gpu/wheelhouse is git-ignored: it must travel with the tree to the GPU machine (copy or carry
+# the folder along with the checkout).
+#
+# `pip wheel`, not `pip download`: antlr4-python3-runtime 4.9.3 (hydra-core's parser) exists only as
+# an sdist, which `pip install --no-index` cannot build there (no setuptools to fetch). --no-deps with
+# an explicit closure: resolving accelerate's dependencies would pull a (CUDA) torch into the folder.
+# setuptools/wheel: the build backend for `pip install -e .` (vicuna_sft itself, offline).
+# tests/gpu/prove_offline_setup.sh proves the folder is complete (fresh venv, pip --no-index).
+# Usage: make_wheelhouse.sh [OUTPUT_DIR]   (default: tests/gpu/wheelhouse)
 set -euo pipefail
-cd "$(dirname "$0")"
-python -m pip download -q --no-deps -d wheelhouse "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3,<2.4" \
-  "antlr4-python3-runtime==4.9.3" "accelerate>=1.10" psutil pytest iniconfig pluggy "liger-kernel>=0.5"
+OUTDIR=$(realpath -m "${1:-$(dirname "$0")/wheelhouse}")
+PY=${PYTHON:-python}
+rm -rf "$OUTDIR.tmp" && mkdir -p "$OUTDIR.tmp"
+# --no-binary tomli: its binary wheels are per Python version; the GPU machine's Python may differ
+$PY -m pip wheel -q --no-deps --no-binary tomli -w "$OUTDIR.tmp" \
+  "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3,<2.4" "antlr4-python3-runtime==4.9.3" \
+  "accelerate>=1.10" "psutil>=5.9" "liger-kernel>=0.5" \
+  "pytest>=8" iniconfig pluggy pygments "exceptiongroup>=1" "tomli>=1" \
+  "setuptools>=70.1" wheel
+rm -rf "$OUTDIR" && mv "$OUTDIR.tmp" "$OUTDIR"
+bad=$(find "$OUTDIR" -type f ! -name '*.whl')
+[ -z "$bad" ] || { echo "not a wheel: $bad" >&2; exit 1; }
+echo "$OUTDIR: $(ls "$OUTDIR" | wc -l) wheels ($(du -sh "$OUTDIR" | cut -f1)); carry it to the GPU machine as tests/gpu/wheelhouse"

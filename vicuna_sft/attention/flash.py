@@ -2,10 +2,15 @@
 
 - flash-attn importable (`pip install 'vicuna_sft[flash]'`): transformers' own `flash_attention_2`
   (unpads padded batches; packed rows go through its varlen kernel via `cu_seq_lens_q/k`).
+  It passes the model's sliding window and logit softcapping to flash-attn itself; models with
+  attention sinks are refused (`check_model`): flash-attn 2 has no sinks and transformers would drop them.
 - otherwise PyTorch's own flash kernels, registered per model through `AttentionInterface`:
   padded batches -> `scaled_dot_product_attention` restricted to the FLASH backend with
   `is_causal=True` (exact for real tokens under right padding, which the mask function checks);
   packed rows -> `torch.nn.attention.varlen.varlen_attn` over the sequence boundaries.
+  A sliding window (Mistral, Qwen2, ...) is varlen_attn's `window_size`: with one, padded batches
+  go through varlen_attn too (each row one sequence), since SDPA has no window. Logit softcapping
+  and sinks: no PyTorch flash kernel has them; such models are refused before any weights load.
 
 The chosen kernel is logged. Nothing is imported from flash_attn unless this variant is selected,
 and nothing is registered before `implementation(cfg)` is called.
@@ -18,10 +23,13 @@ from typing import Any
 from ..config import Padding
 from . import (
     AttentionUnavailable,
+    active_window,
     check_packing,
     compute_dtype,
     guard_packed,
     packed_boundaries,
+    refuse_model_features,
+    refuse_unsupported,
     register,
     require_cuda,
     require_half,
@@ -59,6 +67,23 @@ def check(cfg: Any) -> None:
             f"or torch.nn.attention.varlen (torch >= 2.10; this is {torch.__version__}); "
             f"use data.padding=longest"
         )
+
+
+def check_model(cfg: Any, model_config: Any) -> None:
+    if has_flash_attn():  # transformers hands flash-attn window_size and softcap, never sinks
+        refuse_model_features("flash (flash-attn)", model_config, softcap=False, sinks=True)
+    else:
+        refuse_model_features("flash (PyTorch flash kernels)", model_config, softcap=True, sinks=True)
+        window = getattr(model_config, "sliding_window", None) and getattr(
+            model_config, "use_sliding_window", True
+        )
+        if window and not has_torch_varlen():  # the window needs varlen_attn, padded batches too
+            import torch
+
+            raise AttentionUnavailable(
+                f"attention=flash: this model's sliding window needs flash-attn (pip install 'vicuna_sft[flash]') "
+                f"or torch.nn.attention.varlen (torch >= 2.10; this is {torch.__version__})"
+            )
 
 
 def implementation(cfg: Any) -> str:
@@ -102,31 +127,43 @@ def torch_flash_attention(
     attention_mask: Any,
     scaling: float | None = None,
     dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    s_aux: Any = None,
     **kwargs: Any,
 ) -> tuple[Any, None]:
     """query [B, H, L, D], key/value [B, H_kv, L, D] (GQA not expanded) -> ([B, L, H, D], None)."""
+    import torch
+
+    refuse_unsupported("flash", softcap=softcap, s_aux=s_aux)
     same_length_or_raise(query, key, "flash")
     dtype = compute_dtype(query, module, allow_fp32=False)
     q, k, v = query.to(dtype), key.to(dtype), value.to(dtype)
-    gqa = q.shape[1] != k.shape[1]
+    batch, heads, length, dim = q.shape
+    gqa = heads != k.shape[1]
+    window = active_window(sliding_window, length)
     bounds = packed_boundaries(query, attention_mask, kwargs)
-    if bounds is not None:
-        if dropout:
-            raise NotImplementedError("varlen_attn has no dropout; set the model's attention_dropout to 0")
-        cu, max_len = bounds
-        # [1, H, T, D] -> [T, H, D]; window (-1, 0) is causal
-        out = _varlen_attn(
-            q[0].transpose(0, 1),
-            k[0].transpose(0, 1),
-            v[0].transpose(0, 1),
-            cu,
-            cu,
-            max_len,
-            max_len,
-            scale=scaling,
-            window_size=(-1, 0),
-            enable_gqa=gqa,
-        )
-        return out.unsqueeze(0), None
-    out = _sdpa_flash(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
-    return out.transpose(1, 2).contiguous(), None
+    if bounds is None and window is None:
+        out = _sdpa_flash(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
+        return out.transpose(1, 2).contiguous(), None
+    if dropout:
+        raise NotImplementedError("varlen_attn has no dropout; set the model's attention_dropout to 0")
+    if bounds is None:  # a padded batch with a sliding window: each row one sequence of `length`
+        cu = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=query.device)
+        bounds = (cu, length)
+    cu, max_len = bounds
+    # [B, H, L, D] -> [B*L, H, D] (B = 1 for a packed row); window (left, 0): causal, keys i-left..i
+    q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (q, k, v))
+    out = _varlen_attn(
+        q,
+        k,
+        v,
+        cu,
+        cu,
+        max_len,
+        max_len,
+        scale=scaling,
+        window_size=(-1 if window is None else window - 1, 0),
+        enable_gqa=gqa,
+    )
+    return out.reshape(batch, length, heads, dim), None

@@ -14,6 +14,10 @@ def check(cfg: Any) -> None:
     check_packing(cfg)
 
 
+def check_model(cfg: Any, model_config: Any) -> None:
+    """transformers' own sdpa integration: it refuses the models it cannot run (e.g. softcapping)."""
+
+
 def implementation(cfg: Any) -> str:
     return "sdpa"
 

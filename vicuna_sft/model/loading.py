@@ -92,6 +92,7 @@ def load_model(cfg: Config) -> Any:
     path = resolve_path(cfg.model)
     common = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
     config = _wrap_hub_errors("model config", path, AutoConfig.from_pretrained, **common)
+    variant.check_model(cfg, config)  # e.g. softcapping or sinks the kernel lacks: still before weights
     losses.check_model_config(cfg.loss, config)  # e.g. logit softcapping, before the weights load
     factor = rope_scaling_factor(cfg.data.max_length, getattr(config, "max_position_embeddings", None))
     if factor:
