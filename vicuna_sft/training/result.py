@@ -7,6 +7,13 @@ from typing import Any
 RESULT_FILE = "result.json"
 
 
+def objective(result: dict[str, Any]) -> float | None:
+    """What a sweep minimizes (and what each job returns to a searching sweeper such as Optuna):
+    the final eval loss, else the final train loss (a run without eval data)."""
+    value = result.get("eval_loss")
+    return value if value is not None else result.get("final_train_loss")
+
+
 def final_eval(trainer: Any) -> dict[str, Any]:
     """The eval of the final weights: the one the run just logged at its last step, else a new one."""
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
