@@ -7,7 +7,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from vicuna_sft.data.collate import Collator, pack
 from vicuna_sft.data.encode import IGNORE_INDEX
-from vicuna_sft.training.throughput import FlopsModel, Throughput, batch_counts, format_eta, peak_flops
+from vicuna_sft.training.throughput import (
+    FlopsModel,
+    Throughput,
+    batch_counts,
+    format_eta,
+    mfu_basis,
+    peak_flops,
+)
 
 LLAMA2_7B = LlamaConfig(
     hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000
@@ -128,3 +135,38 @@ def test_tokens_per_second_of_a_counted_timed_run(tiny_dir):
 
 def test_eta_format():
     assert format_eta(3725.4) == "1:02:05"
+
+
+def test_mfu_is_claimed_only_with_a_known_gpu_half_precision_and_a_known_shape():
+    fm, peak, why = mfu_basis("cuda", "NVIDIA H100 80GB HBM3", True, LLAMA2_7B)
+    assert (fm.matmul_params, peak, why) == (6_607_077_376, 989e12, None)
+    assert mfu_basis("cpu", None, False, LLAMA2_7B) == (None, None, "no peak FLOP/s for cpu")
+    assert (
+        mfu_basis("cuda", "Tesla T4", True, LLAMA2_7B)[2]
+        == "unknown device 'Tesla T4' (no peak in PEAK_TFLOPS)"
+    )
+    assert mfu_basis("cuda", "NVIDIA H200", False, LLAMA2_7B)[2].startswith("fp32 compute on NVIDIA H200")
+    assert (
+        mfu_basis("cuda", "NVIDIA H200", True, None)[2]
+        == "the model config lacks a field of the FLOPs formula"
+    )
+
+
+def test_mfu_arithmetic(tiny_dir):
+    """With a peak (as on a GPU): model FLOPs of the counted tokens / (seconds x peak x ranks)."""
+    from types import SimpleNamespace
+
+    model = LlamaForCausalLM.from_pretrained(tiny_dir)
+    args = SimpleNamespace(device=torch.device("cpu"), bf16=False, fp16=False)
+    state = SimpleNamespace(is_world_process_zero=True)
+    cb = Throughput()
+    cb.on_train_begin(args, state, None, model=model)
+    cb.flops_model, cb.peak = FlopsModel.from_config(model.config), 1e9  # a 1 GFLOP/s "device"
+    model.train()
+    model(**pack(features()), use_cache=False)
+    cb.on_step_end(args, state, None)
+    seconds = cb.timer.seconds
+    m = cb.log_metrics(world_size=2)
+    flops = cb.flops_model.flops(10, 9 + 25 + 4)
+    assert m["mfu"] == pytest.approx(flops / (seconds * 1e9 * 2), abs=1e-4)
+    cb.on_train_end(args, state, None)

@@ -91,6 +91,24 @@ class FlopsModel:
         return 6 * self.matmul_params * tokens + 12 * self.layers * self.attention_width * sum_squared_lengths
 
 
+def mfu_basis(
+    device_type: str, device_name: str | None, half_precision: bool, config: Any
+) -> tuple[FlopsModel | None, float | None, str | None]:
+    """(FLOPs model, peak FLOP/s of one device, None) when an MFU can be claimed, else
+    (None, None, why not)."""
+    if device_type != "cuda":
+        return None, None, f"no peak FLOP/s for {device_type}"
+    flops_model = FlopsModel.from_config(config)
+    if flops_model is None:
+        return None, None, "the model config lacks a field of the FLOPs formula"
+    if not half_precision:
+        return None, None, f"fp32 compute on {device_name} (peaks are known for bf16/fp16 only)"
+    peak = peak_flops(device_name or "", half_precision)
+    if peak is None:
+        return None, None, f"unknown device {device_name!r} (no peak in PEAK_TFLOPS)"
+    return flops_model, peak, None
+
+
 # counters accumulated on the device between logs (no host sync per step)
 POSITIONS, NONPAD, TRAINED, SQUARED_LENGTHS = range(4)
 
@@ -157,20 +175,15 @@ class Throughput(TrainerCallback):
         self.counts = torch.zeros(4, dtype=torch.long, device=args.device)
         if self._hook is None and model is not None:
             self._hook = model.register_forward_pre_hook(self._count, with_kwargs=True)
-        self.flops_model, self.peak = None, None
+        name, half = None, False
         if args.device.type == "cuda":
-            dtype = getattr(model, "dtype", None)
-            half = args.bf16 or args.fp16 or dtype in (torch.bfloat16, torch.float16)
             name = torch.cuda.get_device_name(args.device)
-            self.peak = peak_flops(name, half)
-            self.flops_model = FlopsModel.from_config(getattr(model, "config", None))
-            if self.peak is None or self.flops_model is None:
-                why = "an unknown device" if self.peak is None and half else "fp32 compute"
-                if self.flops_model is None:
-                    why = "a model config without the fields of the FLOPs formula"
-                log.info("MFU not claimed: %s (%s)", why, name)
-        elif state.is_world_process_zero:
-            log.info("MFU not claimed on %s (no peak FLOP/s for it)", args.device.type)
+            half = args.bf16 or args.fp16 or getattr(model, "dtype", None) in (torch.bfloat16, torch.float16)
+        self.flops_model, self.peak, why_not = mfu_basis(
+            args.device.type, name, half, getattr(model, "config", None)
+        )
+        if why_not and state.is_world_process_zero:
+            log.info("MFU not claimed: %s", why_not)
         self.timer.resume()
         return control
 
