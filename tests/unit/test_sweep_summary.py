@@ -75,3 +75,17 @@ def test_no_completed_job_no_best():
     assert best_row(rows) is None
     (ax,) = sweep_figure(rows).axes
     assert len(lines(ax)["eval loss"].get_xdata()) == 0
+
+
+def test_the_optuna_option_is_the_projects(tmp_path, run_module):
+    """`hydra/sweeper=optuna` composes to this project's sweeper class and defaults, not the
+    plugin's own node (which Hydra's plugin scan stores again when it runs)."""
+    import yaml
+
+    r = run_module("vicuna_sft", "hydra/sweeper=optuna", "--cfg", "hydra", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sweeper = yaml.safe_load(r.stdout)["hydra"]["sweeper"]
+    assert sweeper["_target_"] == "hydra_plugins.vicuna_sft_sweeper.OptunaSearch"
+    assert (sweeper["study_name"], sweeper["n_jobs"], sweeper["max_failure_rate"]) == ("vicuna_sft", 1, 1.0)
+    assert sweeper["direction"] == "minimize" and sweeper["storage"] is None
+    assert sweeper["sampler"]["_target_"] == "optuna.samplers.TPESampler"

@@ -194,11 +194,15 @@ def register_sweeper() -> None:
     """`hydra/sweeper=optuna`: the plugin's own config (its schema, samplers and search-space syntax)
     with this project's class and defaults. Registered in Python under the plugin's name: a YAML file
     of that name would be matched against the plugin's schema, which Hydra refuses (the schema has a
-    defaults list). The plugin's config module is imported first, so Hydra's plugin scan, which
-    skips modules already imported, does not register the plugin's node over this one."""
+    defaults list). Hydra's plugin scan executes every plugin module, the plugin's config (which
+    stores its own node) included, even when already imported: the scan runs first (it runs once
+    per process), so this node is the one stored last."""
     from dataclasses import dataclass
 
     from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # the scan
     from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 
     @dataclass
