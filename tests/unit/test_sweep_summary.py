@@ -26,6 +26,9 @@ def test_objective_is_eval_loss_else_train_loss():
     assert objective({"eval_loss": 2.5, "final_train_loss": 3.0}) == 2.5
     assert objective({"eval_loss": None, "final_train_loss": 3.0}) == 3.0
     assert objective({}) is None
+    # a diverged run has no objective (never best; a FAILED trial for Optuna, which a NaN would stop)
+    assert objective({"eval_loss": math.nan, "final_train_loss": 3.0}) is None
+    assert objective({"eval_loss": None, "final_train_loss": math.inf}) is None
 
 
 def test_lr_sweep_on_a_log_axis_with_the_best_starred_and_failures_left_out():
