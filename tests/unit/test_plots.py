@@ -60,3 +60,32 @@ def test_written_png_is_valid_and_drawn(tmp_path):
     assert image.shape == (450, 800, 4)  # 8 x 4.5 inches at 100 dpi, RGBA
     assert np.unique(image.reshape(-1, 4), axis=0).shape[0] > 50  # lines, text and fills, not blank
     assert list(tmp_path.joinpath("run", PLOTS_DIR).iterdir()) == [tmp_path / "run" / PLOTS_DIR / LOSS_PLOT]
+
+
+def test_callback_draws_at_save_at_the_end_and_after_the_final_eval_on_rank_0_only(tmp_path):
+    from types import SimpleNamespace
+
+    from vicuna_sft.training.plots import LossPlot
+
+    plot = tmp_path / PLOTS_DIR / LOSS_PLOT
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    history = [dict(e) for e in HISTORY[:3]]
+    rank1 = SimpleNamespace(is_world_process_zero=False, log_history=history)
+    rank0 = SimpleNamespace(is_world_process_zero=True, log_history=history)
+    cb = LossPlot()
+    cb.on_train_begin(args, rank0, None)
+    cb.on_save(args, rank1, None)
+    assert not plot.exists()  # other ranks never draw
+    cb.on_save(args, rank0, None)
+    drawn = lines_by_label(loss_figure(history))  # what the file shows at this save
+    assert plot.is_file() and len(drawn[TRAIN_LOSS].get_xdata()) == 3
+    saved = matplotlib.image.imread(plot)
+    history.append(dict(HISTORY[3]))  # an eval during training: not drawn until the next save
+    cb.on_evaluate(args, rank0, None)
+    assert np.array_equal(matplotlib.image.imread(plot), saved)
+    cb.on_train_end(args, rank0, None)
+    at_end = matplotlib.image.imread(plot)
+    assert not np.array_equal(at_end, saved)  # the eval point is in now
+    history.append({"eval_loss": 3.9, "step": 12})  # the run's final eval, after training
+    cb.on_evaluate(args, rank0, None)
+    assert not np.array_equal(matplotlib.image.imread(plot), at_end)
