@@ -94,6 +94,9 @@ def test_optuna_sweep_of_distributed_jobs_finds_and_names_the_best_lr(tmp_path, 
     assert len(set(lrs)) == 3 and all(1e-5 <= lr <= 1e-2 for lr in lrs)
     for row in rows:  # the objective of each trial: its final eval loss, a finite number
         assert math.isfinite(row["objective"]) and row["objective"] == row["eval_loss"]
+        # each job (rank 0 of its workers) drew its own loss plot and wrote its TensorBoard events
+        png(sweep / row["job"] / "plots" / "loss.png")
+        assert glob.glob(str(sweep / row["job"] / "runs" / "*" / "events.out.tfevents.*"))
     # Optuna's study saw the same numbers the jobs reported
     study = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     best = min(rows, key=lambda row: row["objective"])
