@@ -187,3 +187,28 @@ def test_a_search_in_which_every_trial_fails_still_ends_with_its_summary(tmp_pat
     rows = json.loads((sweep / "summary.json").read_text())
     assert [row["status"] for row in rows] == ["failed", "failed"] and not any(row["best"] for row in rows)
     assert "best:" not in r.stdout
+
+
+def test_tensorboard_events_stay_in_the_output_dir_even_for_an_eval_before_training(
+    tmp_path, monkeypatch, tiny_dir, bpe_tokenizer
+):
+    """transformers sets the event directory at train begin; our Trainer sets it at construction,
+    so an evaluate() first does not write to ./runs."""
+    from transformers import LlamaForCausalLM, TrainingArguments
+
+    from vicuna_sft.data.collate import Collator
+    from vicuna_sft.training.trainer import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    args = TrainingArguments(output_dir=str(out), report_to=["tensorboard"], use_cpu=True)
+    samples = [{"input_ids": [1, 5, 6, 7], "labels": [-100, 5, 6, 7]}] * 2
+    trainer = Trainer(
+        model=LlamaForCausalLM.from_pretrained(tiny_dir),
+        args=args,
+        eval_dataset=samples,
+        data_collator=Collator(pad_id=0),
+    )
+    trainer.evaluate()
+    assert not (tmp_path / "runs").exists()
+    assert glob.glob(str(out / "runs" / "*" / "events.out.tfevents.*"))
