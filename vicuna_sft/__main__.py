@@ -10,21 +10,26 @@ from omegaconf import DictConfig
 
 from .config import register_configs
 from .errors import UserError
+from .launch.sweep import register_sweeper
 
 register_configs()
+register_sweeper()  # hydra/sweeper=optuna (launch/sweep.py)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://vicuna_sft.conf", config_name="config")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> float | dict | None:
     # heavy imports only once a job really runs (not for --help / --cfg)
     from .launch.entry import entry  # run(cfg) here, or launch distributed.nproc_per_node workers
+    from .training.result import objective
 
     try:
-        return entry(cfg)
+        # the number a searching sweeper (hydra/sweeper=optuna) minimizes; other sweepers ignore it
+        return objective(entry(cfg))
     except UserError as e:
         print(f"vicuna_sft: error: {e}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # the other jobs of the sweep still run; the summary marks this one failed
+            # the other jobs of the sweep still run; the summary marks this one failed, and Optuna
+            # a FAILED trial (not a number; launch/sweep.py)
             return {"error": str(e)}
         sys.exit(1)
 

@@ -265,7 +265,8 @@ class TrainerConfig:
     # resume even when model/data/max_length/global batch differ from the checkpoint's run
     resume_on_config_change: bool = False
     dataloader_num_workers: int = 0
-    report_to: list[str] = field(default_factory=lambda: ["none"])
+    # loggers (transformers integrations): TensorBoard event files in <run dir>/runs/ by default
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     # extra transformers TrainerCallbacks as Hydra `_target_` nodes, e.g.
     # [{_target_: transformers.EarlyStoppingCallback, early_stopping_patience: 3}]; they run before
     # the built-in ones at every event (training/callbacks.py)

@@ -97,3 +97,15 @@ def test_tiny_training_run_from_outside_the_checkout(venv, tmp_path, cache_dir):
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["global_step"] == 2 and (out / "final" / "model.safetensors").is_file()
+
+
+def test_installed_optuna_sweeper_is_discovered_from_outside_the_checkout(venv, tmp_path):
+    """`hydra/sweeper=optuna` instantiates hydra_plugins.vicuna_sft_sweeper.OptunaSearch: Hydra
+    only accepts plugin classes it discovered under `hydra_plugins`, here from the wheel."""
+    code = (
+        "from hydra.core.plugins import Plugins; from hydra.plugins.sweeper import Sweeper; "
+        "print(' '.join(f'{c.__module__}.{c.__name__}' for c in Plugins.instance().discover(Sweeper)))"
+    )
+    r = run(venv, "-c", code, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "hydra_plugins.vicuna_sft_sweeper.OptunaSearch" in r.stdout.split(), r.stdout

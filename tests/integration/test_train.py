@@ -145,6 +145,18 @@ def test_lr_multirun_isolated_jobs_and_summary(tmp_path, run_module):
         assert (sweep / job / "final" / "model.safetensors").is_file()
         assert row["eval_loss"] is not None and row["final_train_loss"] is not None
     assert rows[0]["final_train_loss"] != rows[1]["final_train_loss"]
+    # summary.png is the summary's rows drawn (launch.sweep.sweep_figure, unit-tested), same pixels
+    import matplotlib.image
+    import numpy as np
+
+    from vicuna_sft.launch.sweep import sweep_figure
+    from vicuna_sft.training.plots import save_figure
+
+    again = save_figure(sweep_figure(rows), str(tmp_path / "again.png"))
+    assert np.array_equal(matplotlib.image.imread(sweep / "summary.png"), matplotlib.image.imread(again))
+    best = min(rows, key=lambda row: row["eval_loss"])
+    assert [row["best"] for row in rows] == [row is best for row in rows]
+    assert f"best: job {best['job']} optimizer.lr=" in r.stdout
 
     # the second job behaves exactly as it would alone (no state leaked from the first)
     alone = tmp_path / "alone"

@@ -183,7 +183,7 @@ EVERY_FIELD = [
     "trainer.metric_for_best_model=accuracy",
     "trainer.seed=123",
     "trainer.dataloader_num_workers=1",
-    "trainer.report_to=[tensorboard]",
+    "trainer.report_to=[none]",
     "model.activation_checkpointing=true",
     "trainer.use_cpu=true",
 ]
@@ -217,7 +217,7 @@ def test_every_field_lands_in_the_real_training_arguments(make):
         "seed": 123,
         "data_seed": 123,
         "dataloader_num_workers": 1,
-        "report_to": ["tensorboard"],
+        "report_to": [],
         "activation_checkpointing": True,
         "use_cpu": True,
         "bf16": False,
@@ -237,7 +237,7 @@ def test_defaults_land_in_the_real_training_arguments(make):
     assert args.lr_scheduler_type.value == "cosine" and args.max_grad_norm == 1.0
     assert args.per_device_eval_batch_size == args.per_device_train_batch_size == 2  # eval: same as train
     assert args.eval_strategy.value == "no" and args.save_total_limit is None
-    assert args.report_to == [] and args.activation_checkpointing is False and not args.fsdp
+    assert args.report_to == ["tensorboard"] and args.activation_checkpointing is False and not args.fsdp
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ from transformers import TrainerCallback
 from ..config import Config
 from ..errors import UserError
 from .checkpoint import mark_complete, rotate, write_fingerprint
+from .plots import LossPlot
+from .throughput import Throughput
 from .train import AlreadyFinished
 
 
@@ -47,7 +49,8 @@ def build_callbacks(
     """The user's `trainer.callbacks` (Hydra `_target_` nodes, instantiated here), then the
     built-in ones. Within each event the Trainer calls them in this order, so a user callback's
     `on_save` sees a checkpoint before it is marked complete, and `on_train_begin` runs before the
-    resumed-at-max_steps check."""
+    resumed-at-max_steps check. Throughput (tokens/s, MFU: training/throughput.py) and LossPlot
+    (plots/loss.png: training/plots.py) only observe."""
     from hydra.utils import instantiate
 
     user = []
@@ -65,4 +68,10 @@ def build_callbacks(
                 f"trainer.callbacks[{i}]: {node['_target_']} is not a transformers.TrainerCallback"
             )
         user.append(callback)
-    return [*user, CheckpointCompleteCallback(fingerprint, save_total_limit), StopWhenFinished()]
+    return [
+        *user,
+        CheckpointCompleteCallback(fingerprint, save_total_limit),
+        StopWhenFinished(),
+        Throughput(),
+        LossPlot(),
+    ]

@@ -1,10 +1,22 @@
 """`result.json`: what a run reports when it ends (read by the sweep summary, launch/sweep.py)."""
 
 import json
+import math
 import os
 from typing import Any
 
 RESULT_FILE = "result.json"
+
+
+def objective(result: dict[str, Any]) -> float | None:
+    """What a sweep minimizes (and what each job returns to a searching sweeper such as Optuna):
+    the final eval loss, else the final train loss (a run without eval data). None for a run
+    without one or with a non-finite one (diverged): Optuna then marks the trial FAILED (a NaN
+    would stop its study), and the summary never names it best."""
+    value = result.get("eval_loss")
+    if value is None:
+        value = result.get("final_train_loss")
+    return value if value is not None and math.isfinite(value) else None
 
 
 def final_eval(trainer: Any) -> dict[str, Any]:

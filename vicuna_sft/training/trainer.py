@@ -1,14 +1,39 @@
 """The Trainer every run uses: transformers' own, plus the CPU FSDP2 adaptation (fsdp_cpu.py),
 which is a no-op on GPU machines and whenever FSDP is not asked for."""
 
+import os
 from typing import Any
 
+from transformers import ProgressCallback
 from transformers import Trainer as _HFTrainer
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.integration_utils import default_logdir
 
 from . import fsdp_cpu
+from .throughput import EtaProgress, Throughput
 
 
 class Trainer(_HFTrainer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.pop_callback(ProgressCallback) is not None:  # None: tqdm disabled
+            self.add_callback(EtaProgress())  # the same bar, with the run's ETA
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                # transformers picks <output_dir>/runs/<time>_<host> only at train begin: an
+                # evaluate() before any training would write its events to ./runs instead
+                callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Throughput's numbers join each training log before the Trainer records it (log_history)
+        # and hands it to every logger (TensorBoard, ...): in on_log they would arrive too late.
+        # Every rank logs, so the collective inside log_metrics is matched.
+        if "loss" in logs:
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, Throughput):
+                    logs.update(callback.log_metrics(self.args.world_size))
+        super().log(logs, start_time)
+
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
         fsdp_cpu.enable(self)
