@@ -137,8 +137,20 @@ class LazyDataset(torch.utils.data.Dataset):
         return {"input_ids": e.input_ids, "labels": e.labels}
 
 
-def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> Datasets:
-    encoder = Encoder(tokenizer, cfg.max_length)
+@dataclass
+class Records:
+    """The data files read, validated and split, not yet encoded: cheap enough to come before
+    the choice of a checkpoint, whose run fingerprint holds the files' hashes (`digests`)."""
+
+    train: list[Conversation]
+    eval: list[Conversation]
+    files: dict[str, Stats]  # path -> what happened to its records
+
+    def digests(self) -> dict[str, str]:
+        return {path: s.xxh3_128 for path, s in self.files.items()}
+
+
+def read_data(cfg: DataConfig, seed: int) -> Records:
     skip = cfg.on_error == OnError["skip"]
     convs, file_stats = load_conversations(cfg.path, skip_errors=skip)
     records = {cfg.path: file_stats}
@@ -151,7 +163,15 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> Datasets:
         s.kept = s.read - sum(s.dropped.values())
         if s.kept == 0:
             raise DataError(f"{path}: no usable record out of {s.read} (dropped: {dict(s.dropped)})")
-    record_keys = ("read", "kept", "dropped", "adjusted")  # token counts belong to the splits
+    return Records(train_convs, eval_convs, records)
+
+
+def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int, data: Records | None = None) -> Datasets:
+    """Encode `data` (read here when not given) into the train/eval datasets."""
+    encoder = Encoder(tokenizer, cfg.max_length)
+    data = data or read_data(cfg, seed)
+    train_convs, eval_convs, records = data.train, data.eval, data.files
+    record_keys = ("xxh3_128", "read", "kept", "dropped", "adjusted")  # token counts belong to the splits
     stats: dict[str, Any] = {
         "records": {p: {k: v for k, v in s.as_dict().items() if k in record_keys} for p, s in records.items()}
     }
