@@ -102,6 +102,8 @@ def _choose(
     elif not is_complete(resume):
         if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
             raise UserError(f"trainer.resume: {resume} is not a complete checkpoint (no trainer_state.json)")
+        if found := manifest.check_dcp_metadata(resume):  # no manifest: at least nothing runs code
+            raise UserError(f"trainer.resume: {resume} is unsafe to load ({'; '.join(found)})")
         log.warning(
             "%s has no %s marker (not written by vicuna_sft?): resuming as you asked", resume, COMPLETE
         )
