@@ -466,7 +466,7 @@ def worker_ranks(launcher_pid: int) -> dict[int, int]:
     found = {}
     for p in psutil.Process(launcher_pid).children():
         env = p.environ()
-        if "vicuna_sft.worker" in " ".join(p.cmdline()) and "RANK" in env:
+        if "vicuna_sft.launch.worker" in p.cmdline() and "RANK" in env:
             found[int(env["RANK"])] = p.pid
     return found
 

@@ -47,7 +47,7 @@ class Stats:
 
     def as_dict(self) -> dict:
         return {
-            "xxh3_128": self.xxh3_128,
+            **({"xxh3_128": self.xxh3_128} if self.xxh3_128 else {}),  # a file's stats, not a split's
             "read": self.read,
             "kept": self.kept,
             "dropped": dict(self.dropped),

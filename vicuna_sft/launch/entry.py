@@ -37,6 +37,7 @@ from .agreement import LAUNCHER_PID, enter_worker
 log = logging.getLogger("vicuna_sft")
 
 WORKER_CONFIG = "worker_config.yaml"  # the resolved config the workers of a self-launch read
+WORKER_MODULE = "vicuna_sft.launch.worker"
 
 
 class LaunchError(UserError, RuntimeError):
@@ -164,7 +165,7 @@ def launch(cfg: Config) -> dict[str, Any]:
     received: list[str] = []
     try:
         with forward_signals(received):
-            elastic_launch(config, sys.executable)("-u", "-m", "vicuna_sft.launch.worker", path)
+            elastic_launch(config, sys.executable)("-u", "-m", WORKER_MODULE, path)
     except ChildFailedError as e:
         if all(f.exitcode == PREEMPTED_EXIT for f in e.failures.values()):
             from ..training.checkpoint import latest_complete, step_of
@@ -201,7 +202,7 @@ def forward_signals(received: list[str]) -> Iterator[None]:
                 os.write(2, b"vicuna_sft: second interrupt: exiting now\n")
                 os._exit(INTERRUPTED_EXIT)
             return
-        workers = [p for p in psutil.Process().children() if "vicuna_sft.worker" in " ".join(p.cmdline())]
+        workers = [p for p in psutil.Process().children() if WORKER_MODULE in p.cmdline()]
         if not workers:
             os.write(2, f"vicuna_sft: {name} received before the workers started: exiting\n".encode())
             os._exit(128 + signum)
