@@ -53,7 +53,7 @@ def run(cfg: Config) -> dict[str, Any]:
         log.info("resuming from %s", resume)
     with stop.handling():
         train(trainer, resume)
-    if stop.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
+    if stop.stopped_at is not None:
         release(trainer)
         raise Preempted(
             f"stopped by {stop.stopped_by} at step {stop.stopped_at}: {out}/checkpoint-{stop.stopped_at} is "

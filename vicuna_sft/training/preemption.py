@@ -38,6 +38,9 @@ class StopOnSignal(TrainerCallback):
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if self.stopped_at is not None and self.received is None:
+            self.received = name  # the stop is decided: this process is on its way out with exit 75
+            return
         if self.received is not None:
             if signum == signal.SIGINT and self.received == "SIGINT":
                 _say(
@@ -62,8 +65,11 @@ class StopOnSignal(TrainerCallback):
         try:
             yield
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            # after a stop the handlers stay: the process exits with PREEMPTED_EXIT, and a SIGTERM
+            # from a launcher that saw another rank exit first must not turn that into -15
+            if self.stopped_at is None:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
 
     def on_step_end(self, args, state, control, **kwargs):
         import torch
@@ -77,7 +83,7 @@ class StopOnSignal(TrainerCallback):
             flag = torch.tensor([signum], device=args.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             signum = int(flag.item())
-        if signum:
+        if signum and state.global_step < state.max_steps:  # at max_steps the run ends normally anyway
             self.stopped_at, self.stopped_by = state.global_step, signal.Signals(signum).name
             control.should_save = True
             control.should_training_stop = True
