@@ -9,7 +9,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import register_configs
-from .errors import UserError
+from .errors import PREEMPTED_EXIT, Preempted, UserError
 from .launch.sweep import register_sweeper
 
 register_configs()
@@ -25,6 +25,15 @@ def main(cfg: DictConfig) -> float | dict | None:
     try:
         # the number a searching sweeper (hydra/sweeper=optuna) minimizes; other sweepers ignore it
         return objective(entry(cfg))
+    except Preempted as e:  # a signal stopped the run after a complete checkpoint
+        from .process import rank
+
+        if rank() == 0:
+            print(f"vicuna_sft: {e}", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT)
+    except KeyboardInterrupt:  # Ctrl-C before or after training (during it: training/preemption.py)
+        print("vicuna_sft: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
     except UserError as e:
         print(f"vicuna_sft: error: {e}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -26,6 +26,39 @@ def is_worker() -> bool:
     return "LOCAL_RANK" in os.environ and "RANK" in os.environ
 
 
+def launcher_store(timeout_s: float = 300.0) -> Any:
+    """The key-value store the launcher hosts for its workers (torchrun, elastic_launch, launch/slurm.py; the
+    ranks agree through it before their process group exists: launch/agreement.py, training/checkpoint.py),
+    or None when this process was not started by one."""
+    if world_size() < 2 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        return None
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    return TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
+def _store_prefix() -> str:
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
+    return f"vicuna_sft/{run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+def exchange(name: str, value: str, store: Any = None) -> list[str]:
+    """Every rank's `value` (rank order), through the launcher's store; [value] when alone."""
+    store = store or launcher_store()
+    if store is None:
+        return [value]
+    key = f"{_store_prefix()}/{name}"
+    store.set(f"{key}/{rank()}", value)
+    return [store.get(f"{key}/{r}").decode() for r in range(world_size())]
+
+
 def layout(cfg: Any) -> tuple[int, int]:
     """(world size, number of nodes) this run trains with.
 

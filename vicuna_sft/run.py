@@ -10,6 +10,8 @@ from typing import Any
 
 from .config import Config, save_config
 from .data.dataset import build_datasets, report_data
+from .data.sources import data_digests
+from .errors import PREEMPTED_EXIT, Preempted
 from .model.loading import load_model, load_tokenizer
 from .process import world_size
 from .training.arguments import to_training_arguments
@@ -23,7 +25,8 @@ log = logging.getLogger("vicuna_sft")
 
 def run(cfg: Config) -> dict[str, Any]:
     out = cfg.trainer.output_dir
-    fingerprint = run_fingerprint(cfg, world_size())
+    # the data files' content is part of the math: hashed here (memoized), reused by the data cache
+    fingerprint = run_fingerprint(cfg, world_size(), data_digests(cfg.data))
     resume = resolve_resume(cfg.trainer.resume, out, fingerprint, cfg.trainer.resume_on_config_change)
     save_config(cfg, out)
 
@@ -34,8 +37,10 @@ def run(cfg: Config) -> dict[str, Any]:
     args = to_training_arguments(cfg, wrap_classes=list(model._no_split_modules or []))
 
     from .training.callbacks import build_callbacks
+    from .training.preemption import StopOnSignal
     from .training.trainer import Trainer, release
 
+    stop = StopOnSignal()
     trainer = Trainer(
         model=model,
         args=args,
@@ -43,11 +48,18 @@ def run(cfg: Config) -> dict[str, Any]:
         eval_dataset=data.eval,
         data_collator=data.collator,
         processing_class=tokenizer,
-        callbacks=build_callbacks(cfg, fingerprint, cfg.trainer.save_total_limit),
+        callbacks=build_callbacks(cfg, fingerprint, cfg.trainer.save_total_limit, stop),
     )
     if resume:
         log.info("resuming from %s", resume)
-    train(trainer, resume)
+    with stop.handling():
+        train(trainer, resume)
+    if stop.stopped_at is not None:
+        release(trainer)
+        raise Preempted(
+            f"stopped by {stop.stopped_by} at step {stop.stopped_at}: {out}/checkpoint-{stop.stopped_at} is "
+            f"complete; run the same command to resume (exit code {PREEMPTED_EXIT})"
+        )
     trainer.save_state()
     eval_metrics = final_eval(trainer) if data.eval is not None else {}
     final_dir = save_final(trainer, tokenizer, cfg)

@@ -468,3 +468,64 @@ def test_hybrid_shard_under_torchrun_on_one_node_is_refused_for_the_right_reason
         -3000:
     ]
     assert not (run_dir / "data_stats.json").exists()  # refused before any data was encoded
+
+
+def worker_ranks(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the workers of a self-launch (its direct children)."""
+    import psutil
+
+    found = {}
+    for p in psutil.Process(launcher_pid).children():
+        env = p.environ()
+        if "vicuna_sft.launch.worker" in p.cmdline() and "RANK" in env:
+            found[int(env["RANK"])] = p.pid
+    return found
+
+
+def stop_line(text: str) -> tuple[int, str]:
+    """The launcher's one-line message: (step, line)."""
+    (line,) = [x for x in text.splitlines() if x.startswith("vicuna_sft: stopped")]
+    return int(re.search(r"at step (\d+):", line).group(1)), line
+
+
+def test_sigterm_on_one_rank_stops_every_rank_then_resume_is_bit_identical(runner, refs):
+    """SLURM signals every task; here only rank 1 gets SIGTERM: the ranks still agree to stop
+    after the same step, with one complete checkpoint, and exit 75 (a requeue script's cue)."""
+    from vicuna_sft.errors import PREEMPTED_EXIT
+
+    run_dir = runner.root / "sigterm_ddp"
+    args = [*COMMON, *TWO, "fsdp=ddp", "distributed.nproc_per_node=2", f"hydra.run.dir={run_dir}"]
+    proc = runner.start(args, "sigterm_1.log")
+    wait_until(lambda: (run_dir / f"checkpoint-{SAVE}" / "COMPLETE").is_file(), 180, proc)
+    os.kill(worker_ranks(proc.pid)[1], signal.SIGTERM)
+    proc.wait(120)
+    text = proc.log_path.read_text()
+    assert proc.returncode == PREEMPTED_EXIT, text[-4000:]
+    assert "Traceback" not in text
+    received = int(re.search(r"SIGTERM received during step (\d+)", text).group(1))
+    step, line = stop_line(text)
+    print(f"SIGTERM during step {received}: stopped at step {step}")
+    assert received <= step <= received + 1 < STEPS  # within one step
+    assert complete(run_dir)[-1] == step and f"checkpoint-{step} is complete" in line
+    assert not (run_dir / "final").exists()
+
+    runner.run(args, "sigterm_2.log")
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["resumed_from"] == str(run_dir / f"checkpoint-{step}") and result["global_step"] == STEPS
+    assert max_weight_diff(run_dir / "final", refs["ddp"] / "final") == 0.0
+
+
+def test_sigterm_to_the_launcher_reaches_the_workers(runner):
+    """Kubernetes signals the container's first process only: the launcher passes it on."""
+    run_dir = runner.root / "sigterm_launcher"
+    args = [*COMMON, *TWO, "fsdp=ddp", "distributed.nproc_per_node=2", f"hydra.run.dir={run_dir}"]
+    proc = runner.start(args, "sigterm_launcher.log")
+    wait_until(lambda: (run_dir / f"checkpoint-{SAVE}" / "COMPLETE").is_file(), 180, proc)
+    workers = descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+    text = proc.log_path.read_text()
+    assert proc.returncode == 75, text[-4000:]
+    step, line = stop_line(text)
+    assert line.startswith("vicuna_sft: stopped by SIGTERM") and complete(run_dir)[-1] == step > SAVE
+    wait_until(lambda: not alive(workers), 15)

@@ -85,7 +85,7 @@ def key_inputs(cfg: DataConfig, tokenizer: Any, seed: int) -> dict[str, Any]:
     uses_seed = (not cfg.eval_path and cfg.eval_fraction > 0) or any(s["weight"] % 1 for s in srcs)
     return {
         "sources": srcs,
-        "eval": {"sha256": sources.file_digest(cfg.eval_path)}
+        "eval": {"xxh3_128": sources.file_digest(cfg.eval_path)}
         if cfg.eval_path
         else {"fraction": cfg.eval_fraction},
         "seed": seed if uses_seed else None,

@@ -18,7 +18,7 @@ from .collate import Collator, pad_id_for
 from .conversation import VICUNA_SYSTEM, Conversation
 from .encode import Encoder
 from .records import DataError, load_conversations
-from .sources import apply_weights, describe, sources
+from .sources import apply_weights, describe, file_digest, sources
 
 log = logging.getLogger(__name__)
 NO_TRAINED_TOKENS = "no_trained_tokens_after_truncation"
@@ -196,7 +196,10 @@ def read_splits(cfg: DataConfig, seed: int) -> tuple[list[Conversation], list[Co
             raise DataError(f"{path}: no usable record out of {s.read} (dropped: {dict(s.dropped)})")
     train_convs = apply_weights([c for c, _ in train_items], [w for _, w in train_items], seed)
     record_keys = ("read", "kept", "dropped", "adjusted")  # token counts belong to the splits
-    record_stats = {p: {k: v for k, v in s.as_dict().items() if k in record_keys} for p, s in records.items()}
+    record_stats = {
+        p: {"xxh3_128": file_digest(p), **{k: v for k, v in s.as_dict().items() if k in record_keys}}
+        for p, s in records.items()
+    }
     return train_convs, eval_convs, record_stats
 
 

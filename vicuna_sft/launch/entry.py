@@ -15,25 +15,29 @@ Every worker dies with its launcher (`PR_SET_PDEATHSIG`), and `agreement.enter_w
 hash of the resolved config across ranks before anything heavy happens.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import Config, FsdpStrategy, RdzvBackend, as_dict
-from ..errors import UserError
-from ..process import is_worker, world_size
+from ..errors import PREEMPTED_EXIT, Preempted, UserError
+from ..process import is_worker, rank, world_size
 from ..validation import checked
 from .agreement import LAUNCHER_PID, enter_worker
 
 log = logging.getLogger("vicuna_sft")
 
 WORKER_CONFIG = "worker_config.yaml"  # the resolved config the workers of a self-launch read
+WORKER_MODULE = "vicuna_sft.launch.worker"
 
 
 class LaunchError(UserError, RuntimeError):
@@ -71,9 +75,15 @@ def entry(dcfg: DictConfig) -> dict[str, Any]:
     cfg = checked(dcfg)  # bad values fail here, before torch is even imported
     check_layout(cfg)
     preflight(cfg)
-    if needs_process_group(cfg) and not is_worker():
-        return launch(cfg)
-    return run_worker(cfg)
+    from .run_lock import run_lock
+
+    # one run per directory: the process that decides for the run holds the lock (rank 0, or the
+    # launcher of node 0 for a self-launch, whose workers run inside it)
+    decides = rank() == 0 and cfg.distributed.node_rank == 0
+    with run_lock(cfg.trainer.output_dir) if decides else contextlib.nullcontext():
+        if needs_process_group(cfg) and not is_worker():
+            return launch(cfg)
+        return run_worker(cfg)
 
 
 def run_worker(cfg: Config) -> dict[str, Any]:
@@ -138,6 +148,9 @@ def launch(cfg: Config) -> dict[str, Any]:
         rdzv_configs=rdzv_configs,
         max_restarts=d.max_restarts,
         monitor_interval=d.monitor_interval,
+        # SIGTERM/SIGINT/SIGUSR1 are passed on by forward_signals (torch's agent would kill the
+        # workers 30 s after them, possibly in the middle of their last checkpoint)
+        signals_to_handle="SIGHUP,SIGQUIT",
     )
     log.info(
         "launching %d worker(s) on this node (node %s of %d, rendezvous %s %s, run id %s), output %s",
@@ -150,9 +163,19 @@ def launch(cfg: Config) -> dict[str, Any]:
         out,
     )
     os.environ[LAUNCHER_PID] = str(os.getpid())  # inherited by the workers, see agreement.die_with_parent
+    received: list[str] = []
     try:
-        elastic_launch(config, sys.executable)("-u", "-m", "vicuna_sft.launch.worker", path)
+        with forward_signals(received):
+            elastic_launch(config, sys.executable)("-u", "-m", WORKER_MODULE, path)
     except ChildFailedError as e:
+        if all(f.exitcode == PREEMPTED_EXIT for f in e.failures.values()):
+            from ..training.checkpoint import latest_complete, step_of
+
+            latest = latest_complete(out)
+            raise Preempted(
+                f"stopped by {received[0] if received else 'a signal'} at step {step_of(latest) if latest else 0}: "
+                f"{latest} is complete; run the same command to resume (exit code {PREEMPTED_EXIT})"
+            ) from None
         failures = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
         raise LaunchError(f"distributed run failed ({failures}); the workers' messages are above") from None
     result: dict[str, Any] = {}
@@ -160,3 +183,45 @@ def launch(cfg: Config) -> dict[str, Any]:
         with open(result_file) as f:
             result = json.load(f)
     return result
+
+
+@contextlib.contextmanager
+def forward_signals(received: list[str]) -> Iterator[None]:
+    """While the workers run: SIGTERM / SIGINT / SIGUSR1 sent to this launcher (Kubernetes signals
+    the container's first process, Ctrl-C reaches the terminal's process group, and the workers
+    are in sessions of their own) are passed on to the workers once; they finish their step, save
+    and exit with PREEMPTED_EXIT (training/preemption.py). A second SIGINT exits at once (the
+    workers die with this process)."""
+    import psutil
+
+    from ..training.preemption import INTERRUPTED_EXIT, SIGNALS
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if received:
+            if name == "SIGINT" == received[0]:
+                os.write(2, b"vicuna_sft: second interrupt: exiting now\n")
+                os._exit(INTERRUPTED_EXIT)
+            return
+        workers = [p for p in psutil.Process().children() if WORKER_MODULE in p.cmdline()]
+        if not workers:
+            os.write(2, f"vicuna_sft: {name} received before the workers started: exiting\n".encode())
+            os._exit(128 + signum)
+        received.append(name)
+        os.write(2, f"vicuna_sft: {name} received: passing it on to the workers\n".encode())
+        for p in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signum)
+
+    handled = "TORCHELASTIC_SIGNALS_TO_HANDLE"  # torch's launch_agent sets it from the LaunchConfig
+    saved_env = os.environ.get(handled)
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if saved_env is None:
+            os.environ.pop(handled, None)
+        else:
+            os.environ[handled] = saved_env

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 def main(argv: list[str]) -> int:
     from ..config import Config, register_resolvers, to_config
-    from ..errors import UserError
+    from ..errors import PREEMPTED_EXIT, Preempted, UserError
     from .entry import run_worker
 
     rank = os.environ.get("RANK", "0")
@@ -26,6 +26,9 @@ def main(argv: list[str]) -> int:
     register_resolvers()
     try:
         run_worker(to_config(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(argv[0]))))
+    except Preempted as e:  # every rank stopped at the same step; the launcher says it once
+        logging.getLogger("vicuna_sft").info("%s", e)
+        return PREEMPTED_EXIT
     except UserError as e:
         print(f"vicuna_sft: error (rank {rank}): {e}", file=sys.stderr)
         return 1

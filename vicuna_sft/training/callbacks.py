@@ -6,15 +6,20 @@ from transformers import TrainerCallback
 
 from ..config import Config
 from ..errors import UserError
-from .checkpoint import mark_complete, rotate, write_fingerprint
+from . import manifest
+from .checkpoint import COMPLETE, MARKER_TMP, apply_umask, mark_complete, rotate, write_fingerprint
 from .plots import LossPlot
+from .preemption import StopOnSignal
 from .throughput import Throughput
 from .train import AlreadyFinished
 
 
 class CheckpointCompleteCallback(TrainerCallback):
     """Marks `checkpoint-N` complete once every rank has returned from writing it, after recording
-    the run's math-relevant config (checkpoint.run_fingerprint) in it."""
+    the run's math-relevant config (checkpoint.run_fingerprint) in it. The marker holds the
+    manifest (manifest.py): every rank hashes a share of the files, rank 0 writes it. Every rank
+    leaves only once the marker is written, so a rank that then exits (preemption) never leaves
+    the checkpoint unmarked."""
 
     def __init__(self, fingerprint: dict | None = None, save_total_limit: int | None = None):
         self.fingerprint = fingerprint
@@ -23,14 +28,28 @@ class CheckpointCompleteCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+        distributed = dist.is_available() and dist.is_initialized()
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(path) and self.fingerprint is not None:
+            write_fingerprint(path, self.fingerprint)
+        if distributed:
+            dist.barrier()  # every rank's files are written
         if state.is_world_process_zero and os.path.isdir(path):
-            if self.fingerprint is not None:
-                write_fingerprint(path, self.fingerprint)
-            mark_complete(path, state.global_step)
+            apply_umask(path)
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        share = {}
+        if os.path.isdir(path):
+            files = manifest.list_files(path, exclude=(COMPLETE, MARKER_TMP))
+            share = manifest.hash_share(path, files, rank, world)
+        shares = [share]
+        if distributed:
+            shares = [{} for _ in range(world)] if rank == 0 else None
+            dist.gather_object(share, shares, dst=0)
+        if state.is_world_process_zero and os.path.isdir(path):
+            mark_complete(path, state.global_step, {k: v for s in shares for k, v in sorted(s.items())})
             rotate(args.output_dir, self.save_total_limit)
+        if distributed:
+            dist.barrier()
         return control
 
 
@@ -43,8 +62,21 @@ class StopWhenFinished(TrainerCallback):
         return control
 
 
+class LogLastStep(TrainerCallback):
+    """Log at the last step too: otherwise the final train loss in result.json is that of the last
+    multiple of logging_steps (with max_steps=8 and logging_steps=10: step 1)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+
 def build_callbacks(
-    cfg: Config, fingerprint: dict | None = None, save_total_limit: int | None = None
+    cfg: Config,
+    fingerprint: dict | None = None,
+    save_total_limit: int | None = None,
+    stop: StopOnSignal | None = None,
 ) -> list[TrainerCallback]:
     """The user's `trainer.callbacks` (Hydra `_target_` nodes, instantiated here), then the
     built-in ones. Within each event the Trainer calls them in this order, so a user callback's
@@ -74,4 +106,6 @@ def build_callbacks(
         StopWhenFinished(),
         Throughput(),
         LossPlot(),
+        LogLastStep(),
+        *([stop] if stop else []),
     ]

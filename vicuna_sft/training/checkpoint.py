@@ -2,10 +2,18 @@
 
 The Trainer writes a checkpoint's files one after another; a crash in between leaves a directory
 that looks like a checkpoint. Here a checkpoint counts only once every rank has finished writing
-it and rank 0 has then written `COMPLETE` into it (atomically). Resume never picks one without,
-and `save_total_limit` only ever deletes complete checkpoints older than the newest complete one.
+it and rank 0 has then written `COMPLETE` into it (atomically), holding the checkpoint's manifest
+(every file, its size and checksum: manifest.py). Resume never picks one without, checks the
+manifest first (a checkpoint damaged since is set aside and the next older one is used), and
+`save_total_limit` only ever deletes complete checkpoints older than the newest complete one.
+
+Loading a checkpoint unpickles parts of it (torch's distributed checkpoint metadata and
+optimizer state): resume only from checkpoints of a trusted origin. The manifest and the
+allow-list check of `.metadata` files (manifest.check_dcp_metadata) catch damage and a planted
+metadata file, not a forger who rewrites the manifest too.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -15,13 +23,15 @@ import time
 from typing import Any
 
 from ..errors import UserError
-from ..process import rank
+from ..process import exchange, launcher_store, rank, world_size
+from . import manifest
 
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 SET_ASIDE = "set_aside"  # checkpoints this run will not continue from (see set_aside_newer)
 RUN_FILE = "vicuna_sft_run.json"  # the math-relevant config of the run that wrote the checkpoint
+MARKER_TMP = f".{COMPLETE}.tmp"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -48,35 +58,102 @@ def latest_complete(output_dir: str) -> str | None:
     return complete[-1] if complete else None
 
 
+# how long ranks > 0 wait for rank 0 to verify and choose the checkpoint (80 GB at ~1 GB/s: ~2 min)
+DECISION_TIMEOUT_S = 3600
+
+
 def resolve_resume(
     resume: str,
     output_dir: str,
     fingerprint: dict[str, Any] | None = None,
     allow_change: bool = False,
 ) -> str | None:
-    """`never` -> None; `auto` -> newest complete checkpoint in output_dir (or None); else a path.
-    With a `fingerprint` (see `run_fingerprint`), a checkpoint of a run whose math differs is refused
-    unless `allow_change`. Checkpoints of the output dir that this run will not continue from and
-    that are newer than its starting point are set aside (never deleted, never trusted later)."""
+    """`never` -> None; `auto` -> newest intact complete checkpoint in output_dir (or None); else a
+    path. With a `fingerprint` (see `run_fingerprint`), a checkpoint of a run whose math differs is
+    refused unless `allow_change`. Checkpoints of the output dir that this run will not continue
+    from and that are newer than its starting point are set aside (never deleted, never trusted
+    later). Rank 0 decides (it reads the checkpoints once) and tells the other ranks."""
+    store = launcher_store(DECISION_TIMEOUT_S) if world_size() > 1 else None
+    if store is not None and rank() != 0:
+        decision = json.loads(exchange("resume", "", store)[0])
+        if "error" in decision:
+            raise UserError(decision["error"])
+        return decision["path"]
+    try:
+        path = _choose(resume, output_dir, fingerprint, allow_change)
+    except UserError as e:
+        if store is not None:
+            exchange("resume", json.dumps({"error": str(e)}), store)
+        raise
+    if store is not None:
+        exchange("resume", json.dumps({"path": path}), store)
+    return path
+
+
+def _choose(
+    resume: str, output_dir: str, fingerprint: dict[str, Any] | None, allow_change: bool
+) -> str | None:
     if resume == "never":
         path = None
     elif resume == "auto":
-        path = latest_complete(output_dir)
+        path = newest_intact(output_dir)
     elif not os.path.isdir(resume):
         raise UserError(f"trainer.resume: checkpoint directory not found: {resume}")
     elif not is_complete(resume):
         if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
             raise UserError(f"trainer.resume: {resume} is not a complete checkpoint (no trainer_state.json)")
+        if found := manifest.check_dcp_metadata(resume):  # no manifest: at least nothing runs code
+            raise UserError(f"trainer.resume: {resume} is unsafe to load ({'; '.join(found)})")
         log.warning(
             "%s has no %s marker (not written by vicuna_sft?): resuming as you asked", resume, COMPLETE
         )
         path = resume
+    elif found := damage(resume):
+        raise UserError(f"trainer.resume: {resume} is damaged ({'; '.join(found)})")
     else:
         path = resume
     if path and fingerprint is not None:
         check_compatible(path, fingerprint, allow_change)
     set_aside_newer(output_dir, step_of(path) if path else 0)
     return path
+
+
+def damage(path: str) -> list[str]:
+    """What is wrong with a complete checkpoint (empty: intact), from its manifest, before anything
+    of it is loaded."""
+    try:
+        with open(os.path.join(path, COMPLETE)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError) as e:
+        return [f"its {COMPLETE} marker is unreadable ({e})"]
+    files = marker.get("manifest") if isinstance(marker, dict) else None
+    if files is None:
+        log.warning("%s was marked complete without a manifest (an older vicuna_sft): not verified", path)
+        return manifest.check_dcp_metadata(path)
+    return manifest.problems(path, files) or manifest.check_dcp_metadata(path)
+
+
+def newest_intact(output_dir: str) -> str | None:
+    """The newest complete checkpoint whose files match its manifest. Damaged newer ones are set
+    aside with a warning; when every complete checkpoint is damaged, nothing is moved and the
+    run stops with what was found (resuming from step 0 instead would silently lose the work)."""
+    broken = []
+    for path in reversed([p for _, p in checkpoints(output_dir) if is_complete(p)]):
+        found = damage(path)
+        if not found:
+            for b, why in broken:
+                log.warning("%s is damaged (%s): falling back to %s", b, why, path)
+                set_aside(output_dir, b, "damaged")
+            return path
+        broken.append((path, "; ".join(found)))
+    if broken:
+        raise UserError(
+            f"no intact checkpoint to resume in {output_dir}:\n  "
+            + "\n  ".join(f"{b}: {why}" for b, why in broken)
+            + "\nPoint trainer.resume=PATH at a checkpoint you trust, or start over with trainer.resume=never "
+            "(both set the damaged ones aside)"
+        )
+    return None
 
 
 def step_of(path: str) -> int:
@@ -90,19 +167,29 @@ def set_aside_newer(output_dir: str, start: int) -> None:
     resumed or overwritten in place. Nothing is deleted."""
     if rank() != 0:
         return
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     for step, path in checkpoints(output_dir):
         if step > start:
-            dest = base = os.path.join(output_dir, SET_ASIDE, f"{os.path.basename(path)}.{stamp}")
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            n = 1
-            while os.path.exists(dest):
-                dest, n = f"{base}-{n}", n + 1
-            os.replace(path, dest)
-            state = "complete" if is_complete(dest) else "incomplete (a crash interrupted its write)"
+            state = "complete" if is_complete(path) else "incomplete (a crash interrupted its write)"
+            dest = set_aside(output_dir, path)
             log.warning(
                 "this run starts at step %d: set aside %s checkpoint %s -> %s", start, state, path, dest
             )
+
+
+def set_aside(output_dir: str, path: str, why: str = "") -> str | None:
+    """Rank 0 moves a checkpoint into `set_aside/<name>.<time>[.why]` (never deletes it)."""
+    if rank() != 0:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S") + (f".{why}" if why else "")
+    dest = base = os.path.join(output_dir, SET_ASIDE, f"{os.path.basename(path)}.{stamp}")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    n = 1
+    while os.path.exists(dest):
+        dest, n = f"{base}-{n}", n + 1
+    os.replace(path, dest)
+    if why:
+        log.warning("set aside %s -> %s", path, dest)
+    return dest
 
 
 def rotate(output_dir: str, keep: int | None) -> None:
@@ -116,8 +203,10 @@ def rotate(output_dir: str, keep: int | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def run_fingerprint(cfg: Any, world_size: int) -> dict[str, Any]:
-    """What a checkpoint's run must share with this one for resuming to continue the same math."""
+def run_fingerprint(cfg: Any, world_size: int, data_digests: dict[str, str] | None = None) -> dict[str, Any]:
+    """What a checkpoint's run must share with this one for resuming to continue the same math:
+    the config that shapes it, and the content of its data files (`data_digests`: path -> hash,
+    data.sources.data_digests), so a file changed under the same path is noticed."""
     from ..validation import gradient_accumulation
 
     m, d, t = cfg.model, cfg.data, cfg.trainer
@@ -140,6 +229,8 @@ def run_fingerprint(cfg: Any, world_size: int) -> dict[str, Any]:
         "trainer.max_steps": t.max_steps,
         # the optimizer and its schedule: all of them change the weights a resumed run ends with
         **{f"optimizer.{k}": value(v) for k, v in vars(cfg.optimizer).items()},
+        "data.long": value(d.long),
+        **{f"data content ({path})": digest for path, digest in sorted((data_digests or {}).items())},
     }
 
 
@@ -172,10 +263,35 @@ def check_compatible(path: str, fingerprint: dict[str, Any], allow_change: bool)
     )
 
 
-def mark_complete(path: str, step: int) -> None:
-    tmp = os.path.join(path, f".{COMPLETE}.tmp")
+def mark_complete(path: str, step: int, files: dict[str, dict[str, Any]] | None = None) -> None:
+    """Write the marker, with the manifest of `files` (manifest.hash_share; by default every file
+    hashed here), atomically."""
+    if files is None:
+        files = manifest.hash_share(path, manifest.list_files(path, exclude=(COMPLETE, MARKER_TMP)), 0, 1)
+    tmp = os.path.join(path, MARKER_TMP)
     with open(tmp, "w") as f:
-        json.dump({"global_step": step}, f)
+        json.dump({"global_step": step, "manifest": {"hash": manifest.HASH, "files": files}}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, os.path.join(path, COMPLETE))
+
+
+def umask_mode() -> int:
+    """The mode a new file gets here (0o644 under the usual umask 022)."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def apply_umask(root: str) -> None:
+    """safetensors writes its files 0600; give every file under `root` the usual mode, so that a
+    shared cluster's group can read the model as it reads the rest."""
+    mode = umask_mode()
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(PermissionError):  # another user's file: leave it as is
+                os.chmod(os.path.join(dirpath, name), mode)

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import Config, Dtype, Precision
 from ..data.conversation import CHAT_TEMPLATE
+from .checkpoint import apply_umask
 
 
 def save_dtype(cfg: Config) -> Dtype:
@@ -37,6 +38,7 @@ def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
         config.save_pretrained(partial)
         tokenizer.chat_template = CHAT_TEMPLATE
         tokenizer.save_pretrained(partial)
+        apply_umask(partial)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
     trainer.accelerator.wait_for_everyone()

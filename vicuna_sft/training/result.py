@@ -5,6 +5,8 @@ import math
 import os
 from typing import Any
 
+from .checkpoint import step_of
+
 RESULT_FILE = "result.json"
 
 
@@ -30,12 +32,21 @@ def final_eval(trainer: Any) -> dict[str, Any]:
 def run_result(trainer: Any, eval_metrics: dict, final_dir: str, resumed_from: str | None) -> dict[str, Any]:
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
     speed = [e for e in trainer.state.log_history if "train_tokens_per_second" in e]
+    # the Trainer logs the mean loss of the steps since its previous log, and logs at the last step
+    # (callbacks.LogLastStep): final_train_loss is the mean over steps final_train_loss_steps[0..1]
+    window = None
+    if losses:
+        start = losses[-2][0] + 1 if len(losses) > 1 else 1
+        if resumed_from and start <= step_of(resumed_from) < losses[-1][0]:
+            start = step_of(resumed_from) + 1  # the Trainer's running loss restarts at the resumed step
+        window = [start, losses[-1][0]]
     return {
         "output_dir": trainer.args.output_dir,
         "final_dir": final_dir,
         "global_step": trainer.state.global_step,
         "first_train_loss": losses[0][1] if losses else None,
         "final_train_loss": losses[-1][1] if losses else None,
+        "final_train_loss_steps": window,
         "eval_loss": eval_metrics.get("eval_loss"),
         "train_tokens_per_second": speed[-1]["train_tokens_per_second"] if speed else None,
         "resumed_from": resumed_from,

@@ -1,0 +1,145 @@
+"""Checkpoint manifests, the allow-list check of torch distributed checkpoint metadata, and the
+run-directory lock (with real processes)."""
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vicuna_sft.launch.run_lock import LOCK_FILE, RunDirectoryBusy, run_lock
+from vicuna_sft.training import manifest
+from vicuna_sft.training.checkpoint import COMPLETE, damage, mark_complete
+
+
+def checkpoint(tmp_path):
+    path = tmp_path / "checkpoint-3"
+    (path / "shards").mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(os.urandom(3000))
+    (path / "optimizer.pt").write_bytes(os.urandom(5000))
+    (path / "trainer_state.json").write_text('{"global_step": 3}')
+    (path / "shards" / "__0_0.distcp").write_bytes(os.urandom(100))
+    files = manifest.list_files(str(path))
+    mark_complete(str(path), 3, manifest.hash_share(str(path), files, 0, 1))
+    return path
+
+
+def test_intact_checkpoint_has_no_damage_and_the_manifest_lists_every_file(tmp_path):
+    path = checkpoint(tmp_path)
+    assert damage(str(path)) == []
+    import json
+
+    files = json.loads((path / COMPLETE).read_text())["manifest"]["files"]
+    assert sorted(files) == ["model.safetensors", "optimizer.pt", "shards/__0_0.distcp", "trainer_state.json"]
+    assert files["optimizer.pt"]["size"] == 5000
+
+
+def test_shares_of_several_ranks_make_the_same_manifest(tmp_path):
+    path = str(checkpoint(tmp_path))
+    files = manifest.list_files(path, exclude=(COMPLETE,))
+    whole = manifest.hash_share(path, files, 0, 1)
+    parts = [manifest.hash_share(path, files, r, 3) for r in range(3)]
+    assert sorted(k for p in parts for k in p) == sorted(whole)
+    assert {k: v for p in parts for k, v in p.items()} == whole
+
+
+@pytest.mark.parametrize(
+    "breaks, expected",
+    [
+        (lambda p: (p / "optimizer.pt").unlink(), "optimizer.pt is missing"),
+        (
+            lambda p: os.truncate(p / "model.safetensors", 1500),
+            "model.safetensors has 1500 bytes, 3000 when written",
+        ),
+        (lambda p: (p / "trainer_state.json").write_text('{"global_step": 9}'), "trainer_state.json changed"),
+        (lambda p: (p / "shards" / "__0_0.distcp").write_bytes(b"\0" * 100), "shards/__0_0.distcp changed"),
+        (lambda p: (p / COMPLETE).write_text("{"), f"its {COMPLETE} marker is unreadable"),
+    ],
+    ids=["deleted", "truncated", "rewritten-same-size", "zeroed", "marker"],
+)
+def test_each_kind_of_damage_is_named(tmp_path, breaks, expected):
+    path = checkpoint(tmp_path)
+    breaks(path)
+    (found,) = damage(str(path))
+    assert found.startswith(expected), found
+
+
+class _Plant:
+    """What a planted `.metadata` could hold: unpickling it runs `touch`."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.open, (self.target, os.O_CREAT | os.O_WRONLY))
+
+
+def test_dcp_metadata_is_checked_without_running_code(tmp_path):
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    real = tmp_path / "real"
+    # tensors, and a non-tensor value (stored as pickled bytes), as the Trainer's states hold
+    dcp.save(
+        {"w": torch.randn(4, 3), "b": torch.zeros(2, dtype=torch.bfloat16), "step": 3},
+        checkpoint_id=str(real),
+    )
+    assert (real / ".metadata").is_file()
+    assert manifest.check_dcp_metadata(str(real)) == []
+
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "code_ran"
+    (planted / ".metadata").write_bytes(pickle.dumps(_Plant(str(marker))))
+    (found,) = manifest.check_dcp_metadata(str(planted))
+    assert "is not plain checkpoint metadata" in found and "posix.open" in found
+    assert not marker.exists()
+    pickle.loads((planted / ".metadata").read_bytes())  # what torch's plain pickle.load would do
+    assert marker.exists()
+
+
+HOLD = "from vicuna_sft.launch.run_lock import run_lock\nimport sys, time\nwith run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)"
+
+
+def test_run_lock_names_the_holder_and_a_killed_holder_leaves_no_lock(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirectoryBusy) as e, run_lock(str(tmp_path)):
+            pass
+        assert str(e.value).startswith(
+            f"another run (pid {holder.pid}, host {socket.gethostname()}) is using {tmp_path}"
+        )
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a crash: no cleanup runs
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while True:  # the kernel released the lock with the process
+        try:
+            with run_lock(str(tmp_path)):
+                assert (tmp_path / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+            break
+        except RunDirectoryBusy:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_dcp_non_tensor_values_are_loaded_weights_only(tmp_path):
+    """torch's default load planner unpickles a checkpoint's non-tensor values with
+    weights_only=False; the check loads them with weights_only=True first."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    path = tmp_path / "ckpt"
+    marker = tmp_path / "code_ran"
+    dcp.save({"w": torch.randn(2), "step": 3, "evil": _Plant(str(marker))}, checkpoint_id=str(path))
+    marker.unlink(missing_ok=True)
+    (found,) = manifest.check_dcp_metadata(str(path))
+    assert "value 'evil' is not plain data" in found and not marker.exists()
