@@ -111,6 +111,88 @@ def test_record_without_id_is_named_by_index(tmp_path):
         load_conversations(path, skip_errors=False)
 
 
+# --- data that must be read (issue 10, items 4-7) ------------------------------------------------
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u0085", "\u2029"])
+def test_jsonl_with_raw_unicode_line_separator_inside_a_string(tmp_path, sep):
+    # JSON allows these raw inside a string; str.splitlines() would cut the line there
+    rec = {"id": "s", "conversations": convs(("human", f"one{sep}two"), ("gpt", f"three{sep}four"))}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert sep in path.read_text(encoding="utf-8")  # raw, not escaped
+    kept, stats = load_conversations(str(path), skip_errors=False)
+    assert [c.turns for c in kept] == [(("Hi", "Hello!"),), ((f"one{sep}two", f"three{sep}four"),)]
+    assert (stats.read, dict(stats.dropped)) == (2, {})
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_utf8_bom_is_accepted(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    text = json.dumps([GOOD]) if suffix == ".json" else json.dumps(GOOD) + "\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    kept, _ = load_conversations(str(path), skip_errors=False)
+    assert [(c.id, c.turns) for c in kept] == [("ok", (("Hi", "Hello!"),))]
+
+
+def test_not_utf8_names_the_file_and_byte(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n\xff\n")
+    with pytest.raises(DataError, match=rf"{path}: not UTF-8 text \(byte {len(json.dumps(GOOD)) + 1}:"):
+        load_conversations(str(path), skip_errors=True)
+
+
+def test_malformed_jsonl_line_is_skipped_and_counted_under_skip(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = [
+        json.dumps(GOOD),
+        '{"id": "cut", "conversations": [{"from": "hu',
+        json.dumps({**GOOD, "id": "ok2"}),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}: invalid JSON on line 2 column \d+"):  # on_error=raise
+        load_conversations(str(path), skip_errors=False)
+    kept, stats = load_conversations(str(path), skip_errors=True)
+    assert [c.id for c in kept] == ["ok", "ok2"]
+    assert (stats.read, dict(stats.dropped)) == (3, {"invalid_json": 1})
+
+
+def test_only_malformed_jsonl_lines_under_skip_is_no_usable_record(tmp_path, bpe_tokenizer):
+    from vicuna_sft.data.dataset import build_datasets
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"id": 1\n{"id": 2\n', encoding="utf-8")
+    cfg = DataConfig(path=str(path), on_error=OnError["skip"], max_length=64)
+    with pytest.raises(
+        DataError, match=r"d\.jsonl: no usable record out of 2 \(dropped: \{'invalid_json': 2\}\)"
+    ):
+        build_datasets(cfg, bpe_tokenizer, seed=0)
+
+
+def test_data_path_is_a_directory(tmp_path):
+    with pytest.raises(DataError, match=rf"{tmp_path}: is a directory, not a data file"):
+        load_conversations(str(tmp_path), skip_errors=False)
+
+
+@pytest.mark.parametrize("content", ["[]", "  [ ]\n", "", "\n\n"])
+def test_empty_data_file_says_it_holds_no_records(tmp_path, bpe_tokenizer, content):
+    from vicuna_sft.data.dataset import build_datasets
+
+    path = tmp_path / ("d.json" if "[" in content else "d.jsonl")
+    path.write_text(content, encoding="utf-8")
+    cfg = DataConfig(path=str(path), eval_fraction=0.01, max_length=64)
+    with pytest.raises(DataError, match=rf"^{path}: the file holds no records$"):
+        build_datasets(cfg, bpe_tokenizer, seed=0)
+
+
+def test_empty_eval_file_says_it_holds_no_records(tmp_path, bpe_tokenizer):
+    from vicuna_sft.data.dataset import build_datasets
+
+    train, evals = write_json(tmp_path / "t.json", [GOOD]), write_json(tmp_path / "e.json", [])
+    with pytest.raises(DataError, match=rf"^{evals}: the file holds no records$"):
+        build_datasets(DataConfig(path=train, eval_path=evals, max_length=64), bpe_tokenizer, seed=0)
+
+
 BAD_RECORDS = [
     {"id": "b1", "messages": []},
     {"id": "b2", "conversations": convs(("human", "Hi"), ("bot", "Hello"))},
