@@ -286,9 +286,13 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
+SCHEMA_NAME = "config_schema"
+
+
 def register_configs() -> None:
-    """Store the schema under the `schema/` group (conf/config.yaml extends it) and the resolvers."""
-    ConfigStore.instance().store(group="schema", name="config", node=Config)
+    """Store the schema as the root config `config_schema` (conf/config.yaml extends it; outside any
+    group, so `--help` does not offer it as an option) and the resolvers."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
     register_resolvers()
 
 

@@ -33,7 +33,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .config import Config, register_configs, save_config
+from .config import SCHEMA_NAME, Config, register_configs, save_config
 from .data.encode import IGNORE_INDEX
 from .errors import UserError
 from .validation import checked
@@ -80,8 +80,8 @@ def register_preprocess_configs() -> None:
     `preprocess` = the training `config` + this command's Hydra settings (run dir, job name, help)."""
     register_configs()
     cs = ConfigStore.instance()
-    # conf/config.yaml starts from `schema/config`; in this process it is the extended schema
-    cs.store(group="schema", name="config", node=PreprocessConfig)
+    # conf/config.yaml starts from `config_schema`; in this process it is the extended schema
+    cs.store(name=SCHEMA_NAME, node=PreprocessConfig)
     cs.store(name="preprocess", node={"defaults": ["config", "_self_"], "hydra": HYDRA_SETTINGS})
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -320,6 +321,10 @@ def test_help_lists_groups_and_options_without_torch(tmp_path):
     for group, options in GROUPS.items():
         assert f"{group}: {', '.join(options)}" in r.stdout
     assert "optimizer:" in r.stdout and "lr: 2.0e-05" in r.stdout
+    # only groups a user can choose from: the typed schema is not one (issue 10, item 17)
+    listed = r.stdout.split("== Config groups ==", 1)[1].split("== Config ==", 1)[0]
+    groups = {line.split(":", 1)[0] for line in listed.splitlines() if re.match(r"^\w+: ", line)}
+    assert groups == set(GROUPS) and "schema" not in r.stdout
 
 
 def test_cfg_job_prints_the_composed_config_without_torch(tmp_path):
