@@ -35,8 +35,9 @@ class Trainer(_HFTrainer):
         super().log(logs, start_time)
 
     def create_accelerator_and_postprocess(self) -> None:
+        parallelism = fsdp_cpu.defer_parallelism(self)
         super().create_accelerator_and_postprocess()
-        fsdp_cpu.enable(self)
+        fsdp_cpu.enable(self, parallelism)
 
 
 def release(trainer: Any) -> None:
