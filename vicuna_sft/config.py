@@ -315,11 +315,29 @@ def builtin_path(builtin: Builtin | str) -> str:
     return os.path.join(cache_root(), BUILTIN_DIRS[Builtin(builtin)])
 
 
+def data_run_name(choice: str, *, _root_: Any) -> str:
+    """The `<data>` part of the run directory: the `data` option, plus the data file's stem unless it
+    is a file bundled with the package (`data=sharegpt data.path=/d/sharegpt_clean.json` ->
+    `sharegpt-sharegpt_clean`), so that another file gets another run. A missing data.path is left
+    to `to_config` to report."""
+    from omegaconf import OmegaConf
+
+    path = OmegaConf.select(_root_, "data.path", throw_on_missing=False, default=None)
+    if not path or OmegaConf.is_missing(_root_.data, "path"):
+        return choice
+    assets = os.path.dirname(_asset_path("x"))
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(assets):
+        return choice
+    return f"{choice}-{os.path.splitext(os.path.basename(path))[0]}"
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("vicuna_sft_asset"):
         OmegaConf.register_new_resolver("vicuna_sft_asset", _asset_path)
+    if not OmegaConf.has_resolver("vicuna_sft_data_name"):
+        OmegaConf.register_new_resolver("vicuna_sft_data_name", data_run_name)
     if not OmegaConf.has_resolver("vicuna_sft_builtin"):
         OmegaConf.register_new_resolver("vicuna_sft_builtin", builtin_path)
 

@@ -2,7 +2,7 @@ r"""`python -m vicuna_sft.preprocess [overrides as for training] [preprocess.sho
 
 Encodes the configured data with the configured tokenizer, exactly as a training run with the same
 overrides would (same config tree, same `vicuna_sft.data` code), and writes into the output
-directory (default: the Hydra run dir `outputs/preprocess/<model>_<data>`):
+directory (default: the Hydra run dir `outputs/preprocess/<model>_<data>`, `<data>` as for training):
 
 - `encoded_train.jsonl` (and `encoded_eval.jsonl` when there is an eval split): one JSON object per
   kept sample, `{"id": ..., "input_ids": [...], "labels": [...]}`; labels are -100 where no loss
@@ -59,7 +59,10 @@ class PreprocessConfig(Config):
 
 HYDRA_SETTINGS = {
     "job": {"name": "preprocess"},
-    "run": {"dir": "outputs/preprocess/${hydra.runtime.choices.model}_${hydra.runtime.choices.data}"},
+    "run": {
+        "dir": "outputs/preprocess/${hydra.runtime.choices.model}_"
+        "${vicuna_sft_data_name:${hydra.runtime.choices.data}}"
+    },
     "sweep": {"dir": "multirun/preprocess/${now:%Y-%m-%d_%H-%M-%S}"},
     "help": {
         "app_name": "vicuna_sft.preprocess",

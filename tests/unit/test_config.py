@@ -327,6 +327,22 @@ def test_help_lists_groups_and_options_without_torch(tmp_path):
     assert groups == set(GROUPS) and "schema" not in r.stdout
 
 
+@pytest.mark.parametrize(
+    ("overrides", "run_dir"),
+    [
+        ((), "outputs/tiny_sample"),  # the bundled sample: the option's name is enough
+        (("data=sharegpt", "data.path=/d/sharegpt_clean.json"), "outputs/tiny_sharegpt-sharegpt_clean"),
+        (("data=sharegpt", "data.path=/d/other.v2.jsonl"), "outputs/tiny_sharegpt-other.v2"),
+        (("data.path=/d/mine.json",), "outputs/tiny_sample-mine"),
+        (("data=sharegpt",), "outputs/tiny_sharegpt"),  # data.path missing: reported by to_config
+    ],
+)
+def test_run_dir_names_the_data_file(make, overrides, run_dir):
+    make()  # inside the module's Hydra context
+    full = compose("config", overrides=list(overrides), return_hydra_config=True)
+    assert full.hydra.run.dir == run_dir
+
+
 def test_cfg_job_prints_the_composed_config_without_torch(tmp_path):
     r = run_cli("--cfg", "job", "optimizer.lr=1e-5", "experiment=smoke", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
