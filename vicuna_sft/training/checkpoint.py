@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 SET_ASIDE = "set_aside"  # checkpoints this run will not continue from (see set_aside_newer)
+KEEP_SET_ASIDE = 3  # set_aside/ keeps this many newest entries (each can be a full model)
+_SET_ASIDE_NAME = re.compile(r"^checkpoint-(\d+)\.(\d{8}-\d{6})(?:-(\d+))?$")  # see set_aside_newer
 RUN_FILE = "vicuna_sft_run.json"  # the math-relevant config of the run that wrote the checkpoint
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -103,6 +105,23 @@ def set_aside_newer(output_dir: str, start: int) -> None:
             log.warning(
                 "this run starts at step %d: set aside %s checkpoint %s -> %s", start, state, path, dest
             )
+    prune_set_aside(output_dir, KEEP_SET_ASIDE)
+
+
+def prune_set_aside(output_dir: str, keep: int) -> None:
+    """Delete all but the `keep` newest checkpoints in `set_aside/` (by the time they were set aside,
+    from their names; within one second, by step); anything else found there is left alone."""
+    directory = os.path.join(output_dir, SET_ASIDE)
+    if not os.path.isdir(directory):
+        return
+    entries = sorted(
+        ((m.group(2), int(m.group(3) or 0), int(m.group(1))), name)
+        for name in os.listdir(directory)
+        if (m := _SET_ASIDE_NAME.match(name))
+    )
+    for _, name in entries[: max(len(entries) - keep, 0)]:
+        log.warning("%s/ keeps the %d newest set-aside checkpoints: deleting %s", directory, keep, name)
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def rotate(output_dir: str, keep: int | None) -> None:
