@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
 SET_ASIDE = "set_aside"  # checkpoints this run will not continue from (see set_aside_newer)
 KEEP_SET_ASIDE = 3  # set_aside/ keeps this many newest entries (each can be a full model)
-_SET_ASIDE_NAME = re.compile(r"^checkpoint-(\d+)\.(\d{8}-\d{6})(?:-(\d+))?$")  # see set_aside_newer
+# `checkpoint-<step>.<time>[.<why>][-<n>]` (see set_aside_newer)
+_SET_ASIDE_NAME = re.compile(r"^checkpoint-(\d+)\.(\d{8}-\d{6})(?:\.[a-z_]+)?(?:-(\d+))?$")
 RUN_FILE = "vicuna_sft_run.json"  # the math-relevant config of the run that wrote the checkpoint
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
