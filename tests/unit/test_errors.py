@@ -310,6 +310,7 @@ def missing_logger() -> str:
 
 def test_report_to_table_is_transformers_own():
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
     from vicuna_sft.validation import LOGGERS
 
     assert set(LOGGERS) == set(INTEGRATION_TO_CALLBACK)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vicuna_sft.data.conversation import generation_prompt
-from vicuna_sft.model import set_inference_pad_token
+from vicuna_sft.model.loading import set_inference_pad_token
 
 PROMPTS = [
-    generation_prompt("Be brief.", [], "Hi"),
-    generation_prompt("Be brief.", [("What is 2 plus 2?", "4.")], "And 3 plus 3, please?"),
+    "Be brief. USER: Hi ASSISTANT:",  # Vicuna prompts of different lengths, up to where a reply starts
+    "Be brief. USER: What is 2 plus 2? ASSISTANT: 4.</s>USER: And 3 plus 3, please? ASSISTANT:",
 ]
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import Config, Dtype, Precision
 from ..data.conversation import CHAT_TEMPLATE
+from ..model.loading import set_inference_pad_token
 
 
 def save_dtype(cfg: Config) -> Dtype:
@@ -30,10 +31,13 @@ def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
         shutil.rmtree(partial, ignore_errors=True)
         model = trainer.accelerator.unwrap_model(trainer.model)
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        set_inference_pad_token(tokenizer)  # batched generate pads; training never needed one
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(partial, state_dict=state_dict)
         # save_pretrained records the in-memory dtype; the files hold `dtype`, and inference wants the cache
         config = copy.deepcopy(model.config)
-        config.dtype, config.use_cache = dtype, True
+        config.dtype, config.use_cache, config.pad_token_id = dtype, True, tokenizer.pad_token_id
         config.save_pretrained(partial)
         tokenizer.chat_template = CHAT_TEMPLATE
         tokenizer.save_pretrained(partial)
