@@ -383,7 +383,7 @@ def test_hybrid_shard_on_two_torchrun_nodes_of_two_ranks(runner, refs):
     rendezvous on localhost), no distributed.* overrides: the node count comes from the launcher.
     Each parameter is sharded over the 2 ranks of a node and replicated across the nodes, and the
     run matches the single process (same global batch of 4)."""
-    run_dir, report = runner.root / "hybrid", runner.root / "report_hybrid"
+    run_dir, report = runner.root / "hybrid_2x2", runner.root / "report_hybrid_2x2"
     port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=2"]
     cmd += [
@@ -399,15 +399,15 @@ def test_hybrid_shard_on_two_torchrun_nodes_of_two_ranks(runner, refs):
         "fsdp=hybrid_shard",
         f"trainer.save_steps={STEPS}",
     ]
-    env = {**runner.env, "VICUNA_SFT_TEST_REPORT": str(report)}
+    args.append(report_to(str(report)))
     nodes = []
     for n in (0, 1):
-        log = open(runner.root / f"hybrid{n}.log", "w")  # noqa: SIM115 (closed with the process)
+        log = open(runner.root / f"hybrid_2x2_{n}.log", "w")  # noqa: SIM115 (closed with the process)
         nodes.append(
             subprocess.Popen(
                 [*cmd, *args, f"hydra.run.dir={run_dir}"],
                 cwd=runner.root,
-                env=env,
+                env=runner.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -420,7 +420,7 @@ def test_hybrid_shard_on_two_torchrun_nodes_of_two_ranks(runner, refs):
         for p in nodes:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    logs = [(runner.root / f"hybrid{n}.log").read_text() for n in (0, 1)]
+    logs = [(runner.root / f"hybrid_2x2_{n}.log").read_text() for n in (0, 1)]
     assert [p.returncode for p in nodes] == [0, 0], [text[-3000:] for text in logs]
     assert sum(text.count("FSDP2 enabled on CPU over gloo (4 processes)") for text in logs) == 4
     reports = [json.loads((report / f"layout_rank{r}.json").read_text()) for r in range(4)]
