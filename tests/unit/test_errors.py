@@ -368,7 +368,7 @@ DISK_FULL_AT_SAVE = """
 import errno, torch
 _save, _calls = torch.save, []
 def save(obj, f, *a, **k):
-    if isinstance(f, str) and "/checkpoint-4/" in f:
+    if isinstance(f, str) and f.endswith("/checkpoint-4/optimizer.pt"):
         with open(f, "wb") as out:
             out.write(b"x" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device", f)

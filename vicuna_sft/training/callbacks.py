@@ -6,7 +6,7 @@ from transformers import TrainerCallback
 
 from ..config import Config
 from ..errors import UserError
-from .checkpoint import mark_complete, rotate, write_fingerprint
+from .checkpoint import mark_complete, rotate, write_failure, write_fingerprint
 from .plots import LossPlot
 from .throughput import Throughput
 from .train import AlreadyFinished
@@ -27,9 +27,12 @@ class CheckpointCompleteCallback(TrainerCallback):
             dist.barrier()
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if state.is_world_process_zero and os.path.isdir(path):
-            if self.fingerprint is not None:
-                write_fingerprint(path, self.fingerprint)
-            mark_complete(path, state.global_step)
+            try:
+                if self.fingerprint is not None:
+                    write_fingerprint(path, self.fingerprint)
+                mark_complete(path, state.global_step)
+            except OSError as e:
+                raise write_failure(args.output_dir, path, e) from e
             rotate(args.output_dir, self.save_total_limit)
         return control
 

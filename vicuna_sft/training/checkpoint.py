@@ -93,20 +93,29 @@ def set_aside_newer(output_dir: str, start: int) -> None:
     resumed or overwritten in place. Nothing is deleted."""
     if rank() != 0:
         return
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     for step, path in checkpoints(output_dir):
         if step > start:
-            dest = base = os.path.join(output_dir, SET_ASIDE, f"{os.path.basename(path)}.{stamp}")
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            n = 1
-            while os.path.exists(dest):
-                dest, n = f"{base}-{n}", n + 1
-            os.replace(path, dest)
-            state = "complete" if is_complete(dest) else "incomplete (a crash interrupted its write)"
+            state = "complete" if is_complete(path) else "incomplete (a crash interrupted its write)"
+            dest = set_aside(output_dir, path)
             log.warning(
                 "this run starts at step %d: set aside %s checkpoint %s -> %s", start, state, path, dest
             )
+
+
+def set_aside(output_dir: str, path: str, why: str = "") -> str | None:
+    """Rank 0 moves a checkpoint into `set_aside/<name>.<time>[.<why>]` (a rename: it needs no
+    space), then keeps only the newest there (prune_set_aside)."""
+    if rank() != 0:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S") + (f".{why}" if why else "")
+    dest = base = os.path.join(output_dir, SET_ASIDE, f"{os.path.basename(path)}.{stamp}")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    n = 1
+    while os.path.exists(dest):
+        dest, n = f"{base}-{n}", n + 1
+    os.replace(path, dest)
     prune_set_aside(output_dir, KEEP_SET_ASIDE)
+    return dest
 
 
 def prune_set_aside(output_dir: str, keep: int) -> None:
@@ -123,6 +132,42 @@ def prune_set_aside(output_dir: str, keep: int) -> None:
     for _, name in entries[: max(len(entries) - keep, 0)]:
         log.warning("%s/ keeps the %d newest set-aside checkpoints: deleting %s", directory, keep, name)
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def write_failure(output_dir: str, path: str, error: BaseException) -> UserError:
+    """A checkpoint write that failed (disk full, quota, I/O error): rank 0 sets the partial
+    checkpoint aside, and the run stops with one line saying where, why, and what resumes."""
+    reason = write_error_reason(error, output_dir)
+    moved = set_aside(output_dir, path, "write_failed") if os.path.isdir(path) else None
+    resume = latest_complete(output_dir)
+    return UserError(
+        f"could not write checkpoint {path}: {reason}"
+        + (f"; the partial checkpoint was set aside to {moved}" if moved else "")
+        + "; free some space and run the same command to resume from "
+        + (resume if resume else "the start (no complete checkpoint yet)")
+    )
+
+
+def write_error_reason(error: BaseException, directory: str) -> str:
+    """What went wrong writing into `directory`, with the space left there. torch.save reports a
+    full disk as a RuntimeError without errno ("basic_ios::clear: iostream error"), hence the
+    free space next to whatever the error says."""
+    import errno
+
+    cause: BaseException | None = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        text = cause.strerror or str(cause)
+    else:
+        text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return text
+    if free < 64 * 2**20 and not (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)):
+        text = f"No space left on device ({text})"
+    return f"{text}, {free / 2**20:.1f} MiB free in {directory}"
 
 
 def rotate(output_dir: str, keep: int | None) -> None:
