@@ -66,8 +66,11 @@ def defer_parallelism(trainer: Any) -> Any:
 
 
 def enable(trainer: Any, parallelism: Any = None) -> bool:
-    """Switch a CPU DDP accelerator to FSDP2 when `needed`; True when it did."""
+    """Switch a CPU DDP accelerator to FSDP2 when `needed`, and attach a deferred
+    `parallelism_config` (`defer_parallelism`); True when it switched."""
     if not needed(trainer):
+        if parallelism is not None:  # accelerate chose FSDP itself: the mesh still goes on
+            attach_parallelism(trainer, parallelism)
         return False
     import accelerate
     from accelerate.state import AcceleratorState, PartialState
@@ -83,14 +86,20 @@ def enable(trainer: Any, parallelism: Any = None) -> bool:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     trainer.is_fsdp_enabled = True
     if parallelism is not None:
-        # HSDP: shard over dp_shard, replicate over dp_replicate (accelerate's own mesh and checks)
-        state.parallelism_config = parallelism
-        state.device_mesh = parallelism.get_device_mesh("cpu")
-        parallelism._validate_accelerator(trainer.accelerator)
-        trainer.args.parallelism_config = parallelism
+        attach_parallelism(trainer, parallelism)
     if plugin.activation_checkpointing and trainer.args.activation_checkpointing:
         raise UserError(
             "FSDP activation checkpointing and the Trainer's activation_checkpointing are exclusive"
         )
     log.info("FSDP%d enabled on CPU over gloo (%d processes)", plugin.fsdp_version, state.num_processes)
     return True
+
+
+def attach_parallelism(trainer: Any, parallelism: Any) -> None:
+    """HSDP: shard over dp_shard, replicate over dp_replicate, with accelerate's own device mesh and
+    its own checks (which now see the FSDP state)."""
+    state = trainer.accelerator.state
+    state.parallelism_config = parallelism
+    state.device_mesh = parallelism.get_device_mesh(state.device.type)
+    parallelism._validate_accelerator(trainer.accelerator)
+    trainer.args.parallelism_config = parallelism
