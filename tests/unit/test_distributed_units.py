@@ -157,7 +157,7 @@ def test_set_aside_keeps_the_newest_few_and_says_so(tmp_path, monkeypatch, caplo
     (tmp_path / "set_aside" / "notes.txt").write_text("mine")  # not a set-aside checkpoint: kept
     for step in (2, 4):
         _checkpoint(tmp_path, step)
-    checkpoint.resolve_resume("never", str(tmp_path))  # sets aside 2 and 4 (stamp :00)
+    checkpoint.resolve_resume("never", str(tmp_path))  # sets aside 2 and 4 (at :00 and :01)
     for _ in range(3):  # three more runs started over, each setting aside its checkpoint-6
         _checkpoint(tmp_path, 6)
         with caplog.at_level(logging.WARNING, logger="vicuna_sft.checkpoint"):
@@ -165,9 +165,9 @@ def test_set_aside_keeps_the_newest_few_and_says_so(tmp_path, monkeypatch, caplo
     names = sorted(p.name for p in (tmp_path / "set_aside").iterdir())
     keep = checkpoint.KEEP_SET_ASIDE
     assert keep == 3 and names == [
-        "checkpoint-6.20261130-090001",
         "checkpoint-6.20261130-090002",
         "checkpoint-6.20261130-090003",
+        "checkpoint-6.20261130-090004",
         "notes.txt",
     ]
     deleted = [r.getMessage() for r in caplog.records if "newest set-aside" in r.getMessage()]
@@ -175,7 +175,7 @@ def test_set_aside_keeps_the_newest_few_and_says_so(tmp_path, monkeypatch, caplo
     assert deleted[0].endswith(
         "keeps the 3 newest set-aside checkpoints: deleting checkpoint-2.20261130-090000"
     )
-    assert deleted[1].endswith("deleting checkpoint-4.20261130-090000")
+    assert deleted[1].endswith("deleting checkpoint-4.20261130-090001")
 
 
 def test_rotation_keeps_the_newest_complete_checkpoints_only(tmp_path):
