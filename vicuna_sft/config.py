@@ -316,19 +316,27 @@ def builtin_path(builtin: Builtin | str) -> str:
 
 
 def data_run_name(choice: str, *, _root_: Any) -> str:
-    """The `<data>` part of the run directory: the `data` option, plus the data file's stem unless it
-    is a file bundled with the package (`data=sharegpt data.path=/d/sharegpt_clean.json` ->
-    `sharegpt-sharegpt_clean`), so that another file gets another run. A missing data.path is left
-    to `to_config` to report."""
+    """The `<data>` part of the run directory: the `data` option, plus the stems of its data files
+    that are not bundled with the package (`data=sharegpt data.path=/d/sharegpt_clean.json` ->
+    `sharegpt-sharegpt_clean`; several files: `sharegpt-a+b`), so that other data gets another run.
+    A missing or malformed data.path is left to `to_config` / validation to report."""
     from omegaconf import OmegaConf
 
-    path = OmegaConf.select(_root_, "data.path", throw_on_missing=False, default=None)
-    if not path or OmegaConf.is_missing(_root_.data, "path"):
+    if OmegaConf.is_missing(_root_.data, "path"):
         return choice
-    assets = os.path.dirname(_asset_path("x"))
-    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(assets):
+    value = OmegaConf.to_container(_root_.data, resolve=True).get("path")
+    items = value if isinstance(value, list) else [value]
+    paths = [i.get("path") if isinstance(i, dict) else i for i in items]
+    assets = os.path.abspath(os.path.dirname(_asset_path("x")))
+    stems = [
+        os.path.splitext(os.path.basename(p))[0]
+        for p in paths
+        if isinstance(p, str) and p and os.path.dirname(os.path.abspath(p)) != assets
+    ]
+    if not stems:
         return choice
-    return f"{choice}-{os.path.splitext(os.path.basename(path))[0]}"
+    name = "+".join(stems)
+    return f"{choice}-{name if len(name) <= 60 else f'{stems[0]}+{len(stems) - 1}more'}"
 
 
 def register_resolvers() -> None:

@@ -334,6 +334,10 @@ def test_help_lists_groups_and_options_without_torch(tmp_path):
         (("data=sharegpt", "data.path=/d/sharegpt_clean.json"), "outputs/tiny_sharegpt-sharegpt_clean"),
         (("data=sharegpt", "data.path=/d/other.v2.jsonl"), "outputs/tiny_sharegpt-other.v2"),
         (("data.path=/d/mine.json",), "outputs/tiny_sample-mine"),
+        (
+            ("data=sharegpt", "data.path=[/d/a.json,{path: /d/b.jsonl, weight: 2}]"),
+            "outputs/tiny_sharegpt-a+b",
+        ),
         (("data=sharegpt",), "outputs/tiny_sharegpt"),  # data.path missing: reported by to_config
     ],
 )
