@@ -32,7 +32,16 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .config import AttentionConfig, AttentionImpl, Config, LossKind, Padding, Precision, register_configs
+from .config import (
+    SCHEMA_NAME,
+    AttentionConfig,
+    AttentionImpl,
+    Config,
+    LossKind,
+    Padding,
+    Precision,
+    register_configs,
+)
 from .errors import UserError
 from .validation import checked
 
@@ -110,7 +119,7 @@ def register_check_configs() -> None:
     """The training configs, the root schema extended by `check`, and a primary config `check`."""
     register_configs()
     cs = ConfigStore.instance()
-    cs.store(group="schema", name="config", node=CheckConfig)
+    cs.store(name=SCHEMA_NAME, node=CheckConfig)  # conf/config.yaml extends `config_schema`
     cs.store(name="check", node={"defaults": ["config", "_self_"], "hydra": HYDRA_SETTINGS})
 
 

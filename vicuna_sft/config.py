@@ -286,9 +286,13 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
+SCHEMA_NAME = "config_schema"
+
+
 def register_configs() -> None:
-    """Store the schema under the `schema/` group (conf/config.yaml extends it) and the resolvers."""
-    ConfigStore.instance().store(group="schema", name="config", node=Config)
+    """Store the schema as the root config `config_schema` (conf/config.yaml extends it; outside any
+    group, so `--help` does not offer it as an option) and the resolvers."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
     register_resolvers()
 
 
@@ -311,11 +315,37 @@ def builtin_path(builtin: Builtin | str) -> str:
     return os.path.join(cache_root(), BUILTIN_DIRS[Builtin(builtin)])
 
 
+def data_run_name(choice: str, *, _root_: Any) -> str:
+    """The `<data>` part of the run directory: the `data` option, plus the stems of its data files
+    that are not bundled with the package (`data=sharegpt data.path=/d/sharegpt_clean.json` ->
+    `sharegpt-sharegpt_clean`; several files: `sharegpt-a+b`), so that other data gets another run.
+    A missing or malformed data.path is left to `to_config` / validation to report."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(_root_.data, "path"):
+        return choice
+    value = OmegaConf.to_container(_root_.data, resolve=True).get("path")
+    items = value if isinstance(value, list) else [value]
+    paths = [i.get("path") if isinstance(i, dict) else i for i in items]
+    assets = os.path.abspath(os.path.dirname(_asset_path("x")))
+    stems = [
+        os.path.splitext(os.path.basename(p))[0]
+        for p in paths
+        if isinstance(p, str) and p and os.path.dirname(os.path.abspath(p)) != assets
+    ]
+    if not stems:
+        return choice
+    name = "+".join(stems)
+    return f"{choice}-{name if len(name) <= 60 else f'{stems[0]}+{len(stems) - 1}more'}"
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("vicuna_sft_asset"):
         OmegaConf.register_new_resolver("vicuna_sft_asset", _asset_path)
+    if not OmegaConf.has_resolver("vicuna_sft_data_name"):
+        OmegaConf.register_new_resolver("vicuna_sft_data_name", data_run_name)
     if not OmegaConf.has_resolver("vicuna_sft_builtin"):
         OmegaConf.register_new_resolver("vicuna_sft_builtin", builtin_path)
 

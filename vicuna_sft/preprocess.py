@@ -1,8 +1,8 @@
-"""`python -m vicuna_sft.preprocess [overrides as for training] [preprocess.show=N] [preprocess.out=DIR]`
+r"""`python -m vicuna_sft.preprocess [overrides as for training] [preprocess.show=N] [preprocess.out=DIR]`
 
 Encodes the configured data with the configured tokenizer, exactly as a training run with the same
 overrides would (same config tree, same `vicuna_sft.data` code), and writes into the output
-directory (default: the Hydra run dir `outputs/preprocess/<model>_<data>`):
+directory (default: the Hydra run dir `outputs/preprocess/<model>_<data>`, `<data>` as for training):
 
 - `encoded_train.jsonl` (and `encoded_eval.jsonl` when there is an eval split): one JSON object per
   kept sample, `{"id": ..., "input_ids": [...], "labels": [...]}`; labels are -100 where no loss
@@ -13,14 +13,19 @@ directory (default: the Hydra run dir `outputs/preprocess/<model>_<data>`):
 
 `preprocess.show=N` prints the first N training samples with the trained tokens highlighted:
 in color on a terminal, else between `[[` and `]]` (`preprocess.color=true|false` forces either).
+Special tokens are shown as `⟨</s>⟩`, so a `</s>` typed in a message (plain text) and the real EOS
+differ; control characters (other than newline and tab), bidi controls, `\` and `⟨⟩` in the text are
+escaped (`\x00`, `\u202e`, `\\`), so nothing in the data acts on the terminal.
 
 Config: the training schema (`vicuna_sft.config.Config`) extended by one `preprocess` node; the
 extension lives in this process only, so the training app never sees the key.
 """
 
+import itertools
 import json
 import os
 import sys
+import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,7 +33,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .config import Config, register_configs, save_config
+from .config import SCHEMA_NAME, Config, register_configs, save_config
 from .data.encode import IGNORE_INDEX
 from .errors import UserError
 from .validation import checked
@@ -37,6 +42,7 @@ ENCODED_FILE = "encoded_{split}.jsonl"
 STATS_FILE = "stats.json"
 MARK_OPEN, MARK_CLOSE = "[[", "]]"
 ANSI_TRAINED, ANSI_RESET = "\033[1;32m", "\033[0m"
+SPECIAL_OPEN, SPECIAL_CLOSE = "\u27e8", "\u27e9"  # ⟨ ⟩ around a special token, e.g. ⟨</s>⟩
 
 
 @dataclass
@@ -53,7 +59,10 @@ class PreprocessConfig(Config):
 
 HYDRA_SETTINGS = {
     "job": {"name": "preprocess"},
-    "run": {"dir": "outputs/preprocess/${hydra.runtime.choices.model}_${hydra.runtime.choices.data}"},
+    "run": {
+        "dir": "outputs/preprocess/${hydra.runtime.choices.model}_"
+        "${vicuna_sft_data_name:${hydra.runtime.choices.data}}"
+    },
     "sweep": {"dir": "multirun/preprocess/${now:%Y-%m-%d_%H-%M-%S}"},
     "help": {
         "app_name": "vicuna_sft.preprocess",
@@ -74,8 +83,8 @@ def register_preprocess_configs() -> None:
     `preprocess` = the training `config` + this command's Hydra settings (run dir, job name, help)."""
     register_configs()
     cs = ConfigStore.instance()
-    # conf/config.yaml starts from `schema/config`; in this process it is the extended schema
-    cs.store(group="schema", name="config", node=PreprocessConfig)
+    # conf/config.yaml starts from `config_schema`; in this process it is the extended schema
+    cs.store(name=SCHEMA_NAME, node=PreprocessConfig)
     cs.store(name="preprocess", node={"defaults": ["config", "_self_"], "hydra": HYDRA_SETTINGS})
 
 
@@ -102,22 +111,68 @@ def trained_spans(labels: list[int]) -> list[tuple[int, int, bool]]:
     return spans
 
 
-def highlight(tokenizer: Any, input_ids: list[int], labels: list[int], color: bool) -> str:
-    """The sample's text with its trained tokens marked (ANSI color or `[[...]]`).
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special tokens (BOS, EOS, UNK, pad, added special tokens)."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special)
+    return ids
 
-    Each run is decoded as the difference of two prefix decodes, so the spaces a tokenizer only
+
+# Shown as \xNN / \uNNNN: control characters other than newline and tab (NUL, ESC, CR, ... would
+# act on the terminal), line/paragraph separators, bidi controls (reorder what is shown), and the
+# characters the preview itself uses to mark special tokens and escapes, so the output is unambiguous.
+_BIDI = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+_MARKERS = {ord(SPECIAL_OPEN), ord(SPECIAL_CLOSE)}
+
+
+def escape(text: str) -> str:
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch in "\n\t":
+            out.append(ch)
+        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp") or code in _BIDI or code in _MARKERS:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def highlight(tokenizer: Any, input_ids: list[int], labels: list[int], color: bool) -> str:
+    """The sample's text with its trained tokens marked (ANSI color or `[[...]]`), special tokens
+    shown as `⟨</s>⟩` (a `</s>` typed in a message stays plain text), and `escape`d text.
+
+    Each piece is decoded as the difference of two prefix decodes, so the spaces a tokenizer only
     shows in context (SentencePiece `▁`) stay where they are."""
 
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
+    specials = special_ids(tokenizer)
     opening, closing = (ANSI_TRAINED, ANSI_RESET) if color else (MARK_OPEN, MARK_CLOSE)
     out, before = [], ""
     for start, end, trained in trained_spans(labels):
-        upto = decode(input_ids[:end])
-        piece = upto[len(before) :] if upto.startswith(before) else decode(input_ids[start:end])
-        before = upto
-        out.append(f"{opening}{piece}{closing}" if trained else piece)
+        text = []
+        # within a span: runs of ordinary tokens, and each special token on its own
+        cuts = {start, end}
+        cuts.update(j for i in range(start, end) if input_ids[i] in specials for j in (i, i + 1))
+        bounds = sorted(cuts)
+        for a, b in itertools.pairwise(bounds):
+            upto = decode(input_ids[:b])
+            piece = upto[len(before) :] if upto.startswith(before) else decode(input_ids[a:b])
+            before = upto
+            if b - a == 1 and input_ids[a] in specials:
+                token = tokenizer.convert_ids_to_tokens(input_ids[a])
+                lead, found, tail = piece.partition(token)
+                if not found:
+                    lead = tail = ""
+                text.append(f"{escape(lead)}{SPECIAL_OPEN}{escape(token)}{SPECIAL_CLOSE}{escape(tail)}")
+            else:
+                text.append(escape(piece))
+        joined = "".join(text)
+        out.append(f"{opening}{joined}{closing}" if trained else joined)
     return "".join(out)
 
 
@@ -222,7 +277,10 @@ def preprocess(dcfg: DictConfig) -> dict[str, Any]:
 
 def show(tokenizer: Any, dataset: Any, n: int, color: bool) -> None:
     legend = f"{ANSI_TRAINED}like this{ANSI_RESET}" if color else f"{MARK_OPEN}like this{MARK_CLOSE}"
-    print(f"trained tokens (labels != {IGNORE_INDEX}) are shown {legend}\n")
+    print(
+        f"trained tokens (labels != {IGNORE_INDEX}) are shown {legend}, special tokens as "
+        f"{SPECIAL_OPEN}</s>{SPECIAL_CLOSE} (a typed </s> is plain text), control characters as \\xNN\n"
+    )
     for i in range(min(n, len(dataset))):
         row = dataset[i]
         n_trained = sum(1 for x in row["labels"] if x != IGNORE_INDEX)

@@ -6,7 +6,10 @@ cannot be derived in two ways that disagree.
 """
 
 import os
+import tempfile
 from typing import Any
+
+from .errors import UserError
 
 
 def rank() -> int:
@@ -70,3 +73,14 @@ def layout(cfg: Any) -> tuple[int, int]:
         return world, max(1, world // max(local, 1))
     d = cfg.distributed
     return d.nproc_per_node * d.nnodes, d.nnodes
+
+
+def check_writable_dir(path: str) -> None:
+    """Create `path` if needed and write (then remove) a file in it, so that an output directory
+    that cannot be written stops the run at once, not at its first save."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write the output directory {path}: {e.strerror or e}") from None

@@ -2,6 +2,8 @@
 the config is composed (launch.entry, the commands), before torch is imported or a worker starts.
 Whatever gets a `Config` afterwards (run, the TrainingArguments mapping) trusts it."""
 
+import os
+
 from omegaconf import DictConfig
 
 from .config import Config, LongMode, Strategy, TrainerConfig, to_config
@@ -74,10 +76,66 @@ def validate(cfg: Config) -> None:
         d.sources()  # data.path: a file, or a list of files / {path, weight, system} sources
     except UserError as e:
         errors.append(str(e))
+    errors += report_to_problems(t.report_to)
     if not errors:
         gradient_accumulation(t, layout(cfg)[0])  # global_batch_size must divide for this world size
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+# trainer.report_to: transformers' loggers (integrations.INTEGRATION_TO_CALLBACK; a test keeps the
+# names equal), each with the modules its callback imports (any one of them) and what to install.
+# The Trainer would only fail on a missing one after the data is encoded and the model loaded.
+LOGGERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "azure_ml": (("azureml.core",), "azureml-core"),
+    "clearml": (("clearml",), "clearml"),
+    "codecarbon": (("codecarbon",), "codecarbon"),
+    "comet_ml": (("comet_ml",), "comet-ml"),
+    "dagshub": (("dagshub",), "dagshub mlflow"),
+    "dvclive": (("dvclive",), "dvclive"),
+    "flyte": (("flytekit",), "flytekit"),
+    "kubeflow": ((), "KUBEFLOW_TRAINER_SERVER_URL"),  # set by Kubeflow's trainer pods; no package
+    "mlflow": (("mlflow",), "mlflow"),
+    "neptune": (("neptune",), "neptune"),
+    "swanlab": (("swanlab",), "swanlab"),
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "trackio": (("trackio",), "trackio"),
+    "wandb": (("wandb",), "wandb"),
+}
+REPORT_TO_SPECIAL = ("all", "none")
+
+
+def logger_available(name: str) -> bool:
+    from importlib.util import find_spec
+
+    def importable(module: str) -> bool:
+        try:
+            return find_spec(module) is not None
+        except ModuleNotFoundError:  # the parent package of a dotted name is missing
+            return False
+
+    if name == "kubeflow":
+        return bool(os.environ.get("KUBEFLOW_TRAINER_SERVER_URL"))
+    modules, _ = LOGGERS[name]
+    return any(importable(m) for m in modules) and (name != "dagshub" or importable("mlflow"))
+
+
+def report_to_problems(report_to: list[str]) -> list[str]:
+    problems = []
+    for name in report_to:
+        if name in REPORT_TO_SPECIAL:
+            continue
+        if name not in LOGGERS:
+            valid = [*REPORT_TO_SPECIAL, *sorted(LOGGERS)]
+            problems.append(f"trainer.report_to: unknown logger {name!r}; valid: {valid}")
+        elif name == "kubeflow" and not logger_available(name):
+            problems.append(
+                "trainer.report_to: 'kubeflow' needs KUBEFLOW_TRAINER_SERVER_URL set (a Kubeflow pod)"
+            )
+        elif not logger_available(name):
+            package = LOGGERS[name][1]
+            problems.append(f"trainer.report_to: {name!r} needs {package}: pip install {package}")
+    return problems
 
 
 def checked(cfg: DictConfig) -> Config:

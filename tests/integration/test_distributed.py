@@ -378,6 +378,69 @@ def test_two_nodes_on_localhost(runner, refs):
     assert max_weight_diff(run_dir / "final", refs["ddp"] / "final") <= 1e-6
 
 
+def test_hybrid_shard_on_two_torchrun_nodes_of_two_ranks(runner, refs):
+    """fsdp=hybrid_shard under `torchrun --nnodes=2 --nproc_per_node=2` (two node launchers, c10d
+    rendezvous on localhost), no distributed.* overrides: the node count comes from the launcher.
+    Each parameter is sharded over the 2 ranks of a node and replicated across the nodes, and the
+    run matches the single process (same global batch of 4)."""
+    run_dir, report = runner.root / "hybrid_2x2", runner.root / "report_hybrid_2x2"
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=2"]
+    cmd += [
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-id=hybrid",
+        "-m",
+        "vicuna_sft",
+    ]
+    args = [
+        *COMMON,
+        "trainer.per_device_train_batch_size=1",
+        "fsdp=hybrid_shard",
+        f"trainer.save_steps={STEPS}",
+    ]
+    args.append(report_to(str(report)))
+    nodes = []
+    for n in (0, 1):
+        log = open(runner.root / f"hybrid_2x2_{n}.log", "w")  # noqa: SIM115 (closed with the process)
+        nodes.append(
+            subprocess.Popen(
+                [*cmd, *args, f"hydra.run.dir={run_dir}"],
+                cwd=runner.root,
+                env=runner.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    try:
+        for p in nodes:
+            p.wait(240)
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    logs = [(runner.root / f"hybrid_2x2_{n}.log").read_text() for n in (0, 1)]
+    assert [p.returncode for p in nodes] == [0, 0], [text[-3000:] for text in logs]
+    assert sum(text.count("FSDP2 enabled on CPU over gloo (4 processes)") for text in logs) == 4
+    reports = [json.loads((report / f"layout_rank{r}.json").read_text()) for r in range(4)]
+    for name, p in reports[0]["params"].items():
+        for r in reports:
+            q = r["params"][name]
+            # dim 0 of the mesh replicates (across nodes), dim 1 shards (within a node)
+            assert q["dtensor"] and q["placements"] == ["Replicate()", "Shard(dim=0)"], name
+            assert q["numel"] == p["numel"]
+        # the two ranks of a node hold complementary halves; the other node the same split
+        local = [r["params"][name]["local_numel"] for r in reports]
+        assert local[0] + local[1] == local[2] + local[3] == p["numel"], name
+    single, got = losses(refs["single"]), losses(run_dir)
+    assert got.keys() == single.keys()
+    worst = max(abs(got[s] - single[s]) for s in single)
+    print(f"max per-step |dloss| hybrid_shard (2 nodes x 2 ranks) vs single: {worst:.2e}")
+    assert worst <= 1e-4, (single, got)
+    assert max_weight_diff(run_dir / "final", refs["single"] / "final") < 1e-4
+
+
 def test_sweep_of_distributed_jobs_has_one_summary(runner):
     sweep = runner.root / "sweep"
     runner.run(

@@ -91,6 +91,17 @@ def test_train_eval_save_reload(tmp_path, run_module, sample_path):
     conv = Conversation("t", VICUNA_SYSTEM, (*history, (user, "3 plus 3 is 6.")))
     assert ids == Encoder(tok, 512).encode(conv).input_ids
 
+    # batched generation: the saved tokenizer has a pad token (left padding is the caller's choice)
+    left = AutoTokenizer.from_pretrained(final, padding_side="left")
+    assert left.pad_token == "<unk>" and config["pad_token_id"] == left.pad_token_id
+    assert reloaded.generation_config.pad_token_id == left.pad_token_id
+    prompts = [generation_prompt(VICUNA_SYSTEM, [], "Hi"), generation_prompt(VICUNA_SYSTEM, history, user)]
+    batch = left(prompts, return_tensors="pt", padding=True)
+    assert (batch.attention_mask[0] == 0).any()  # the shorter prompt is padded on the left
+    with torch.no_grad():
+        out = reloaded.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert out.shape[0] == 2 and out.shape[1] > batch.input_ids.shape[1]
+
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, run_module, cache_dir):
     common = [

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -320,6 +321,30 @@ def test_help_lists_groups_and_options_without_torch(tmp_path):
     for group, options in GROUPS.items():
         assert f"{group}: {', '.join(options)}" in r.stdout
     assert "optimizer:" in r.stdout and "lr: 2.0e-05" in r.stdout
+    # only groups a user can choose from: the typed schema is not one (issue 10, item 17)
+    listed = r.stdout.split("== Config groups ==", 1)[1].split("== Config ==", 1)[0]
+    groups = {line.split(":", 1)[0] for line in listed.splitlines() if re.match(r"^\w+: ", line)}
+    assert groups == set(GROUPS) and "schema" not in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "run_dir"),
+    [
+        ((), "outputs/tiny_sample"),  # the bundled sample: the option's name is enough
+        (("data=sharegpt", "data.path=/d/sharegpt_clean.json"), "outputs/tiny_sharegpt-sharegpt_clean"),
+        (("data=sharegpt", "data.path=/d/other.v2.jsonl"), "outputs/tiny_sharegpt-other.v2"),
+        (("data.path=/d/mine.json",), "outputs/tiny_sample-mine"),
+        (
+            ("data=sharegpt", "data.path=[/d/a.json,{path: /d/b.jsonl, weight: 2}]"),
+            "outputs/tiny_sharegpt-a+b",
+        ),
+        (("data=sharegpt",), "outputs/tiny_sharegpt"),  # data.path missing: reported by to_config
+    ],
+)
+def test_run_dir_names_the_data_file(make, overrides, run_dir):
+    make()  # inside the module's Hydra context
+    full = compose("config", overrides=list(overrides), return_hydra_config=True)
+    assert full.hydra.run.dir == run_dir
 
 
 def test_cfg_job_prints_the_composed_config_without_torch(tmp_path):

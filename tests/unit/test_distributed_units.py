@@ -5,6 +5,7 @@ fingerprint, and rank/launch bookkeeping. Multi-process behaviour: tests/integra
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -147,6 +148,34 @@ def test_starting_over_sets_aside_an_earlier_runs_checkpoints(tmp_path):
         tmp_path / "checkpoint-2"
     )
     assert [s for s, _ in checkpoint.checkpoints(str(tmp_path))] == [2]  # 4 and 6 were another timeline
+
+
+def test_set_aside_keeps_the_newest_few_and_says_so(tmp_path, monkeypatch, caplog):
+    clock = iter(f"20261130-0900{s:02d}" for s in range(60))
+    monkeypatch.setattr(checkpoint.time, "strftime", lambda fmt: next(clock))
+    (tmp_path / "set_aside").mkdir()
+    (tmp_path / "set_aside" / "notes.txt").write_text("mine")  # not a set-aside checkpoint: kept
+    for step in (2, 4):
+        _checkpoint(tmp_path, step)
+    checkpoint.resolve_resume("never", str(tmp_path))  # sets aside 2 and 4 (at :00 and :01)
+    for _ in range(3):  # three more runs started over, each setting aside its checkpoint-6
+        _checkpoint(tmp_path, 6)
+        with caplog.at_level(logging.WARNING, logger="vicuna_sft.checkpoint"):
+            checkpoint.resolve_resume("never", str(tmp_path))
+    names = sorted(p.name for p in (tmp_path / "set_aside").iterdir())
+    keep = checkpoint.KEEP_SET_ASIDE
+    assert keep == 3 and names == [
+        "checkpoint-6.20261130-090002",
+        "checkpoint-6.20261130-090003",
+        "checkpoint-6.20261130-090004",
+        "notes.txt",
+    ]
+    deleted = [r.getMessage() for r in caplog.records if "newest set-aside" in r.getMessage()]
+    assert len(deleted) == 2
+    assert deleted[0].endswith(
+        "keeps the 3 newest set-aside checkpoints: deleting checkpoint-2.20261130-090000"
+    )
+    assert deleted[1].endswith("deleting checkpoint-4.20261130-090001")
 
 
 def test_rotation_keeps_the_newest_complete_checkpoints_only(tmp_path):

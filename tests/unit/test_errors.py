@@ -8,8 +8,10 @@ file-level ones; config problems through the CLI, where they all fail before any
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -111,6 +113,88 @@ def test_record_without_id_is_named_by_index(tmp_path):
         load_conversations(path, skip_errors=False)
 
 
+# --- data that must be read (issue 10, items 4-7) ------------------------------------------------
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u0085", "\u2029"])
+def test_jsonl_with_raw_unicode_line_separator_inside_a_string(tmp_path, sep):
+    # JSON allows these raw inside a string; str.splitlines() would cut the line there
+    rec = {"id": "s", "conversations": convs(("human", f"one{sep}two"), ("gpt", f"three{sep}four"))}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert sep in path.read_text(encoding="utf-8")  # raw, not escaped
+    kept, stats = load_conversations(str(path), skip_errors=False)
+    assert [c.turns for c in kept] == [(("Hi", "Hello!"),), ((f"one{sep}two", f"three{sep}four"),)]
+    assert (stats.read, dict(stats.dropped)) == (2, {})
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_utf8_bom_is_accepted(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    text = json.dumps([GOOD]) if suffix == ".json" else json.dumps(GOOD) + "\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    kept, _ = load_conversations(str(path), skip_errors=False)
+    assert [(c.id, c.turns) for c in kept] == [("ok", (("Hi", "Hello!"),))]
+
+
+def test_not_utf8_names_the_file_and_byte(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n\xff\n")
+    with pytest.raises(DataError, match=rf"{path}: not UTF-8 text \(byte {len(json.dumps(GOOD)) + 1}:"):
+        load_conversations(str(path), skip_errors=True)
+
+
+def test_malformed_jsonl_line_is_skipped_and_counted_under_skip(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = [
+        json.dumps(GOOD),
+        '{"id": "cut", "conversations": [{"from": "hu',
+        json.dumps({**GOOD, "id": "ok2"}),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}: invalid JSON on line 2 column \d+"):  # on_error=raise
+        load_conversations(str(path), skip_errors=False)
+    kept, stats = load_conversations(str(path), skip_errors=True)
+    assert [c.id for c in kept] == ["ok", "ok2"]
+    assert (stats.read, dict(stats.dropped)) == (3, {"invalid_json": 1})
+
+
+def test_only_malformed_jsonl_lines_under_skip_is_no_usable_record(tmp_path, bpe_tokenizer):
+    from vicuna_sft.data.dataset import build_datasets
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"id": 1\n{"id": 2\n', encoding="utf-8")
+    cfg = DataConfig(path=str(path), on_error=OnError["skip"], max_length=64)
+    with pytest.raises(
+        DataError, match=r"d\.jsonl: no usable record out of 2 \(dropped: \{'invalid_json': 2\}\)"
+    ):
+        build_datasets(cfg, bpe_tokenizer, seed=0)
+
+
+def test_data_path_is_a_directory(tmp_path):
+    with pytest.raises(DataError, match=rf"{tmp_path}: is a directory, not a data file"):
+        load_conversations(str(tmp_path), skip_errors=False)
+
+
+@pytest.mark.parametrize("content", ["[]", "  [ ]\n", "", "\n\n"])
+def test_empty_data_file_says_it_holds_no_records(tmp_path, bpe_tokenizer, content):
+    from vicuna_sft.data.dataset import build_datasets
+
+    path = tmp_path / ("d.json" if "[" in content else "d.jsonl")
+    path.write_text(content, encoding="utf-8")
+    cfg = DataConfig(path=str(path), eval_fraction=0.01, max_length=64)
+    with pytest.raises(DataError, match=rf"^{path}: the file holds no records$"):
+        build_datasets(cfg, bpe_tokenizer, seed=0)
+
+
+def test_empty_eval_file_says_it_holds_no_records(tmp_path, bpe_tokenizer):
+    from vicuna_sft.data.dataset import build_datasets
+
+    train, evals = write_json(tmp_path / "t.json", [GOOD]), write_json(tmp_path / "e.json", [])
+    with pytest.raises(DataError, match=rf"^{evals}: the file holds no records$"):
+        build_datasets(DataConfig(path=train, eval_path=evals, max_length=64), bpe_tokenizer, seed=0)
+
+
 BAD_RECORDS = [
     {"id": "b1", "messages": []},
     {"id": "b2", "conversations": convs(("human", "Hi"), ("bot", "Hello"))},
@@ -209,3 +293,156 @@ def test_cli_bad_record_names_file_record_and_problem(tmp_path, cli):
     r = cli("data=sharegpt", f"data.path={path}")
     assert_clean_failure(r, f"vicuna_sft: error: {path}: record 1 (id='r7'): message 1: unknown role 'robot'")
     assert not (tmp_path / "run" / "checkpoint-1").exists()
+
+
+# --- faults and settings that fail late unless checked (issue 10, item 10) -----------------------
+
+
+def missing_logger() -> str:
+    """A trainer.report_to logger whose package is not installed here."""
+    from vicuna_sft.validation import LOGGERS, logger_available
+
+    missing = [name for name in LOGGERS if name != "kubeflow" and not logger_available(name)]
+    if not missing:
+        pytest.skip("every logger package is installed")
+    return "wandb" if "wandb" in missing else missing[0]
+
+
+def test_report_to_table_is_transformers_own():
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    from vicuna_sft.validation import LOGGERS
+
+    assert set(LOGGERS) == set(INTEGRATION_TO_CALLBACK)
+
+
+def test_cli_report_to_not_installed_names_the_package(tmp_path, cli):
+    from vicuna_sft.validation import LOGGERS
+
+    name = missing_logger()
+    package = LOGGERS[name][1]
+    r = cli(f"trainer.report_to=[{name}]")
+    assert_clean_failure(r, f"trainer.report_to: {name!r} needs {package}: pip install {package}")
+    assert not (tmp_path / "run" / "data_stats.json").exists()  # refused before the data was encoded
+    assert "encoding" not in r.stderr
+
+
+def test_report_to_unknown_lists_the_valid_ones():
+    from vicuna_sft.validation import report_to_problems
+
+    [problem] = report_to_problems(["none", "tensorbord"])
+    assert problem.startswith("trainer.report_to: unknown logger 'tensorbord'; valid: ['all', 'none', ")
+    assert "'tensorboard'" in problem and "'wandb'" in problem
+    assert report_to_problems(["all"]) == report_to_problems(["none"]) == []
+
+
+def test_cli_cfg_job_resolve_outside_a_run(tmp_path, run_module):
+    r = run_module("vicuna_sft", "--cfg", "job", "--resolve", cwd=tmp_path, timeout=60)
+    assert_clean_failure(r, "vicuna_sft: error: --cfg job --resolve: cannot resolve trainer.output_dir")
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    ok = run_module(
+        "vicuna_sft", "--cfg", "job", "--resolve", "trainer.output_dir=/x", cwd=tmp_path, timeout=60
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "output_dir: /x" in ok.stdout and "${" not in ok.stdout  # everything else resolves
+
+
+def test_cli_output_dir_that_cannot_be_created(tmp_path, run_module):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    r = run_module("vicuna_sft", f"hydra.run.dir={blocker}/run", cwd=tmp_path, timeout=120)
+    assert_clean_failure(r, f"vicuna_sft: error: cannot write the output directory {blocker}/run:")
+    assert "Not a directory" in r.stderr and "encoding" not in r.stderr
+
+
+def test_cli_trainer_output_dir_that_is_not_writable(tmp_path, run_module):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    run = [f"hydra.run.dir={tmp_path}/run", f"trainer.output_dir={blocker}/out"]
+    r = run_module("vicuna_sft", *run, cwd=tmp_path, timeout=120)
+    assert_clean_failure(r, f"vicuna_sft: error: cannot write the output directory {blocker}/out:")
+    assert "encoding" not in r.stderr
+
+
+# A test-only fault, injected in the process that trains: the Nth checkpoint write runs out of space
+# halfway through (as torch.save does when the disk fills: part of the file is on disk).
+DISK_FULL_AT_SAVE = """
+import errno, torch
+_save, _calls = torch.save, []
+def save(obj, f, *a, **k):
+    if isinstance(f, str) and f.endswith("/checkpoint-4/optimizer.pt"):
+        with open(f, "wb") as out:
+            out.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device", f)
+    return _save(obj, f, *a, **k)
+torch.save = save
+"""
+
+
+def run_with(code: str, *args: str, cwd: pathlib.Path, env: dict) -> subprocess.CompletedProcess:
+    """`python -m vicuna_sft ARGS` with `code` run first in the same process."""
+    script = f"import runpy, sys\n{code}\nsys.argv = ['vicuna_sft', *{list(args)!r}]\n"
+    script += "runpy.run_module('vicuna_sft', run_name='__main__', alter_sys=True)\n"
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+@pytest.fixture
+def cli_env(cache_dir):
+    return {**os.environ, "VICUNA_SFT_CACHE": cache_dir, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_checkpoint_sets_it_aside_and_stops(tmp_path, cli_env):
+    out = tmp_path / "run"
+    args = [f"hydra.run.dir={out}", "trainer.max_steps=6", "trainer.save_steps=2", "data.eval_fraction=0"]
+    r = run_with(DISK_FULL_AT_SAVE, *args, cwd=tmp_path, env=cli_env)
+    assert_clean_failure(
+        r, f"vicuna_sft: error: could not write checkpoint {out}/checkpoint-4", "No space left on device"
+    )
+    assert "set aside" in r.stderr and "resume" in r.stderr
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]  # the complete one stays
+    [aside] = (out / "set_aside").iterdir()
+    assert aside.name.startswith("checkpoint-4.") and (aside / "optimizer.pt").stat().st_size == 1000
+    # with space again, the same command resumes from the last complete checkpoint
+    again = subprocess.run(
+        [sys.executable, "-m", "vicuna_sft", *args], capture_output=True, text=True, cwd=tmp_path, env=cli_env
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["global_step"] == 6 and result["resumed_from"].endswith("checkpoint-2")
+
+
+# job 0 of the sweep fails inside the Trainer with an error that is not one of the app's own
+FAIL_FIRST_JOB = """
+import transformers
+_train = transformers.Trainer.train
+def train(self, *a, **k):
+    if self.args.max_steps == 1:
+        raise RuntimeError("boom in job 0")
+    return _train(self, *a, **k)
+transformers.Trainer.train = train
+"""
+
+
+@pytest.mark.slow
+def test_sweep_with_a_crashing_job_still_writes_the_summary(tmp_path, cli_env):
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        "trainer.max_steps=1,2",
+        f"hydra.sweep.dir={sweep}",
+        "data.eval_fraction=0",
+        "trainer.save_steps=50",
+    ]
+    r = run_with(FAIL_FIRST_JOB, *args, cwd=tmp_path, env=cli_env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr
+    assert "vicuna_sft: error: RuntimeError: boom in job 0" in r.stderr
+    assert "1 of 2 sweep jobs failed: ['0']" in r.stderr
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [(row["job"], row["status"]) for row in rows] == [("0", "failed"), ("1", "completed")]
+    assert rows[0]["error"] == "RuntimeError: boom in job 0" and rows[1]["global_step"] == 2
+    assert (sweep / "summary.csv").read_text().count("\n") == 3
+    assert "RuntimeError: boom in job 0" in (sweep / "0" / "error.txt").read_text()

@@ -15,6 +15,14 @@ from vicuna_sft.preprocess import ANSI_RESET, ANSI_TRAINED, highlight, trained_s
 
 IGNORE = -100
 MARKED = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
+SPECIAL = re.compile("\u27e8(.*?)\u27e9")  # ⟨</s>⟩
+ESCAPED = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+def as_decoded(preview: str) -> str:
+    """The preview without its markings: what `tokenizer.decode` gives for the sample."""
+    text = SPECIAL.sub(lambda m: m.group(1), MARKED.sub(lambda m: m.group(1), preview))
+    return ESCAPED.sub(lambda m: "\\" if m.group(1) == "\\" else chr(int(m.group(1)[1:], 16)), text)
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:
@@ -93,9 +101,10 @@ def test_preview_highlights_exactly_the_assistant_replies(sample_run, sample_pat
         assert len(spans) == len(replies)
         for span, reply in zip(spans, replies):
             # the template's space before a reply may merge into its first token
-            assert span in (reply + "</s>", " " + reply + "</s>")
+            assert span in (reply + "\u27e8</s>\u27e9", " " + reply + "\u27e8</s>\u27e9")
         # outside the markers: the prompt, verbatim
-        assert MARKED.sub(lambda m: m.group(1), text) == bpe_tokenizer.decode(row["input_ids"])
+        assert text.startswith("\u27e8<s>\u27e9")
+        assert as_decoded(text) == bpe_tokenizer.decode(row["input_ids"])
         assert text.count("USER: ") == len(replies)
 
 
@@ -144,10 +153,34 @@ def test_highlight_colors_on_a_terminal_and_keeps_sentencepiece_spaces(mistral_t
     conv = Conversation("c", "Be brief.", (("Hi there", "Hello, friend!"), ("And you?", "Fine.\n  ok")))
     enc = Encoder(mistral_tokenizer, 256).encode(conv)
     plain = highlight(mistral_tokenizer, enc.input_ids, enc.labels, color=False)
-    assert MARKED.findall(plain) == [" Hello, friend!</s>", " Fine.\n  ok</s>"]
-    assert MARKED.sub(lambda m: m.group(1), plain) == mistral_tokenizer.decode(enc.input_ids)
+    assert MARKED.findall(plain) == [" Hello, friend!\u27e8</s>\u27e9", " Fine.\n  ok\u27e8</s>\u27e9"]
+    assert as_decoded(plain) == mistral_tokenizer.decode(enc.input_ids)
     colored = highlight(mistral_tokenizer, enc.input_ids, enc.labels, color=True)
     assert colored.replace(ANSI_TRAINED, "[[").replace(ANSI_RESET, "]]") == plain
+
+
+@pytest.mark.parametrize("tokenizer", ["mistral_tokenizer", "bpe_tokenizer"])
+def test_preview_shows_special_tokens_distinctly_and_escapes_control_characters(tokenizer, request):
+    from vicuna_sft.data.conversation import Conversation
+    from vicuna_sft.data.encode import Encoder
+
+    tok = request.getfixturevalue(tokenizer)
+    user = "Type </s> and NUL \x00, ESC \x1b[31mred\r, \u202eevil, \u27e8x\u27e9 a\\x00"
+    conv = Conversation("c", "Be brief.", ((user, "ok </s> done"),))
+    enc = Encoder(tok, 256).encode(conv)
+    for color in (False, True):
+        shown = highlight(tok, enc.input_ids, enc.labels, color=color)
+        if color:
+            shown = shown.replace(ANSI_TRAINED, "[[").replace(ANSI_RESET, "]]")
+        # the real BOS/EOS are marked; the </s> typed in each message is not
+        assert SPECIAL.findall(shown) == ["<s>", "</s>"]
+        assert shown.startswith("\u27e8<s>\u27e9")
+        assert MARKED.findall(shown)[-1].endswith(" done\u27e8</s>\u27e9")
+        assert "Type </s> and" in shown and "ok </s> done" in shown
+        # control characters never reach the terminal raw (no ANSI codes but ours)
+        assert not any(ch in shown for ch in "\x00\x1b\r\u202e")
+        assert "NUL \\x00, ESC \\x1b[31mred\\x0d, \\u202eevil, \\u27e8x\\u27e9 a\\\\x00" in shown
+        assert as_decoded(shown) == tok.decode(enc.input_ids)
 
 
 def test_trained_spans():

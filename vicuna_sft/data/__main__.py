@@ -32,7 +32,7 @@ def clean(args: argparse.Namespace) -> dict[str, Any]:
     from .clean import clean_records
     from .records import read_records
 
-    records, stats = clean_records(read_records(args.input), args.input, tuple(args.drop_word))
+    records, stats = clean_records(read_records(args.input)[0], args.input, tuple(args.drop_word))
     _write_json(records, args.output)
     s = stats.as_dict()
     print(

@@ -17,6 +17,7 @@ from .conversation import VICUNA_SYSTEM, Conversation
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant"}
 SYSTEM_ROLES = {"system"}
+INVALID_JSON = "invalid_json"  # skip reason of a malformed JSONL line
 
 
 class DataError(UserError, ValueError):
@@ -54,29 +55,45 @@ class Stats:
         }
 
 
-def read_records(path: str) -> list[Any]:
-    """A JSON array, or JSON Lines (`.jsonl`, or any file not starting with `[`)."""
+def read_records(path: str, *, skip_errors: bool = False) -> tuple[list[Any], int]:
+    """A JSON array, or JSON Lines (`.jsonl`, or any file not starting with `[`).
+
+    Returns the records and the number of malformed JSONL lines skipped (only when `skip_errors`;
+    a broken JSON array is never skipped: nothing after the error could be trusted).
+    """
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not a data file (give a .json or .jsonl file)")
     if not os.path.isfile(path):
         raise DataError(f"{path}: data file not found")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    # utf-8-sig: a BOM written by some editors/exporters is not part of the JSON
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     if path.endswith(".jsonl") or not text.lstrip().startswith("["):
-        records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        records, invalid = [], 0
+        # split on "\n" only: str.splitlines() also splits on U+2028, U+0085, ... which JSON
+        # allows raw inside strings
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: invalid JSON on line {lineno} column {e.colno}: {e.msg}") from None
-        return records
+                if not skip_errors:
+                    raise DataError(
+                        f"{path}: invalid JSON on line {lineno} column {e.colno}: {e.msg}"
+                    ) from None
+                invalid += 1
+        return records, invalid
     try:
         records = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON array of records, got {type(records).__name__}")
-    return records
+    return records, 0
 
 
 def to_conversation(
@@ -147,9 +164,14 @@ def load_conversations(
     path: str, *, skip_errors: bool, system: str = VICUNA_SYSTEM
 ) -> tuple[list[Conversation], Stats]:
     """All valid conversations of `path`; bad records raise, or are counted when `skip_errors`."""
-    stats = Stats()
+    records, invalid_json = read_records(path, skip_errors=skip_errors)
+    if not records and not invalid_json:
+        raise DataError(f"{path}: the file holds no records")
+    stats = Stats(read=invalid_json)
+    if invalid_json:
+        stats.dropped[INVALID_JSON] = invalid_json
     out = []
-    for index, record in enumerate(read_records(path)):
+    for index, record in enumerate(records):
         stats.read += 1
         try:
             conv, fixes = to_conversation(record, source=path, index=index, system=system)

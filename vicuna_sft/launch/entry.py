@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import Config, FsdpStrategy, RdzvBackend, as_dict
 from ..errors import PREEMPTED_EXIT, Preempted, UserError
-from ..process import is_worker, rank, world_size
+from ..process import check_writable_dir, is_worker, rank, world_size
 from ..validation import checked
 from .agreement import LAUNCHER_PID, enter_worker
 
@@ -102,6 +102,7 @@ def preflight(cfg: Config) -> None:
     check_attention(cfg)
     check_loss(cfg)
     check_fsdp(cfg)
+    check_writable_dir(cfg.trainer.output_dir)
 
 
 def free_port() -> int:

@@ -1,11 +1,13 @@
 """Hydra callbacks (conf/config.yaml) for runs under an external launcher such as torchrun."""
 
+import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from ..process import is_worker, rank, world_size
+from ..errors import UserError
+from ..process import check_writable_dir, is_worker, rank, world_size
 from .agreement import exchange
 from .entry import LaunchError
 
@@ -18,11 +20,14 @@ class RankAwareHydra(Callback):
         if not is_worker() and node:  # the launcher of another node of a multi-node self-launch
             self._quiet(config, str(config.hydra.run.dir), f"node{node}")
         if world_size() < 2:
+            _writable_or_exit(config, "run")
             return
         # rank 0 resolves the run dir (a `${now:}` in it included) once; the others take its value
         run_dir = exchange("run_dir", str(config.hydra.run.dir) if rank() == 0 else "")[0]
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.run.dir = run_dir
+        if rank() == 0:
+            _writable_or_exit(config, "run")
         if rank() > 0:
             self._quiet(config, run_dir, f"rank{rank()}")
 
@@ -43,3 +48,18 @@ class RankAwareHydra(Callback):
                 "a Hydra sweep (-m) under torchrun would run every job in every rank; sweep with "
                 "`python -m vicuna_sft -m distributed.nproc_per_node=N ...` instead (one launch per job)"
             )
+        _writable_or_exit(config, "sweep")
+
+
+def _writable_or_exit(config: DictConfig, mode: str) -> None:
+    """Hydra creates hydra.run.dir / hydra.sweep.dir itself, before the app runs: check it first
+    (resolved once and pinned, so that a `${now:}` in it names one directory) and stop with one
+    line instead of Hydra's traceback."""
+    path = str(config.hydra[mode].dir)
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra[mode].dir = path
+    try:
+        check_writable_dir(path)
+    except UserError as e:
+        print(f"vicuna_sft: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -27,7 +27,9 @@ COLUMNS = [
     "best",
     "global_step",
     "output_dir",
+    "error",
 ]
+ERROR_FILE = "error.txt"  # a failed job's error on its first line (then a traceback, if any)
 
 
 SUMMARY_PLOT = "summary.png"
@@ -115,10 +117,13 @@ class SweepSummary(Callback):
             with open(overrides_file) as f:
                 overrides = [line[2:].strip() for line in f if line.startswith("- ")]
             result_file = os.path.join(job_dir, RESULT_FILE)
-            result = {}
+            result, error = {}, None
             if os.path.isfile(result_file):
                 with open(result_file) as f:
                     result = json.load(f)
+            elif os.path.isfile(error_file := os.path.join(job_dir, ERROR_FILE)):
+                with open(error_file) as f:
+                    error = f.readline().strip()  # written by __main__ for a job that failed
             rows.append(
                 {
                     "job": name,
@@ -130,6 +135,7 @@ class SweepSummary(Callback):
                     "best": False,
                     "global_step": result.get("global_step"),
                     "output_dir": result.get("output_dir", job_dir),
+                    "error": error,
                 }
             )
         best = best_row(rows)

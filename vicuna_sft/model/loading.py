@@ -65,6 +65,20 @@ def load_tokenizer(m: ModelConfig) -> Any:
     return tok
 
 
+def set_inference_pad_token(tokenizer: Any) -> None:
+    """Give a saved tokenizer the pad token batched `generate` needs (training never asks for one:
+    the collator masks by length). An existing token is reused, `<unk>` as FastChat does, else EOS,
+    so the vocabulary stays the size of the trained embeddings. Which side to pad is the caller's
+    choice (left for generation)."""
+    if tokenizer.pad_token is not None:
+        return
+    for token in (tokenizer.unk_token, tokenizer.eos_token):
+        if token is not None:
+            tokenizer.pad_token = token
+            return
+    log.warning("the tokenizer has no pad, unk or eos token: batched generation will need one")
+
+
 def rope_scaling_factor(max_length: int, max_positions: int | None) -> int | None:
     """FastChat parity: linear RoPE scaling when training past the model's context."""
     if not max_positions or max_length <= max_positions:

@@ -7,7 +7,15 @@ from transformers import TrainerCallback
 from ..config import Config
 from ..errors import UserError
 from . import manifest
-from .checkpoint import COMPLETE, MARKER_TMP, apply_umask, mark_complete, rotate, write_fingerprint
+from .checkpoint import (
+    COMPLETE,
+    MARKER_TMP,
+    apply_umask,
+    mark_complete,
+    rotate,
+    write_failure,
+    write_fingerprint,
+)
 from .plots import LossPlot
 from .preemption import StopOnSignal
 from .throughput import Throughput
@@ -46,7 +54,10 @@ class CheckpointCompleteCallback(TrainerCallback):
             shares = [{} for _ in range(world)] if rank == 0 else None
             dist.gather_object(share, shares, dst=0)
         if state.is_world_process_zero and os.path.isdir(path):
-            mark_complete(path, state.global_step, {k: v for s in shares for k, v in sorted(s.items())})
+            try:
+                mark_complete(path, state.global_step, {k: v for s in shares for k, v in sorted(s.items())})
+            except OSError as e:
+                raise write_failure(args.output_dir, path, e) from e
             rotate(args.output_dir, self.save_total_limit)
         if distributed:
             dist.barrier()

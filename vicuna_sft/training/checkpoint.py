@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 SET_ASIDE = "set_aside"  # checkpoints this run will not continue from (see set_aside_newer)
+KEEP_SET_ASIDE = 3  # set_aside/ keeps this many newest entries (each can be a full model)
+# `checkpoint-<step>.<time>[.<why>][-<n>]` (see set_aside_newer)
+_SET_ASIDE_NAME = re.compile(r"^checkpoint-(\d+)\.(\d{8}-\d{6})(?:\.[a-z_]+)?(?:-(\d+))?$")
 RUN_FILE = "vicuna_sft_run.json"  # the math-relevant config of the run that wrote the checkpoint
 MARKER_TMP = f".{COMPLETE}.tmp"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -177,7 +180,8 @@ def set_aside_newer(output_dir: str, start: int) -> None:
 
 
 def set_aside(output_dir: str, path: str, why: str = "") -> str | None:
-    """Rank 0 moves a checkpoint into `set_aside/<name>.<time>[.why]` (never deletes it)."""
+    """Rank 0 moves a checkpoint into `set_aside/<name>.<time>[.<why>]` (a rename: it needs no
+    space), then keeps only the newest there (prune_set_aside)."""
     if rank() != 0:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S") + (f".{why}" if why else "")
@@ -189,7 +193,60 @@ def set_aside(output_dir: str, path: str, why: str = "") -> str | None:
     os.replace(path, dest)
     if why:
         log.warning("set aside %s -> %s", path, dest)
+    prune_set_aside(output_dir, KEEP_SET_ASIDE)
     return dest
+
+
+def prune_set_aside(output_dir: str, keep: int) -> None:
+    """Delete all but the `keep` newest checkpoints in `set_aside/` (by the time they were set aside,
+    from their names; within one second, by step); anything else found there is left alone."""
+    directory = os.path.join(output_dir, SET_ASIDE)
+    if not os.path.isdir(directory):
+        return
+    entries = sorted(
+        ((m.group(2), int(m.group(3) or 0), int(m.group(1))), name)
+        for name in os.listdir(directory)
+        if (m := _SET_ASIDE_NAME.match(name))
+    )
+    for _, name in entries[: max(len(entries) - keep, 0)]:
+        log.warning("%s/ keeps the %d newest set-aside checkpoints: deleting %s", directory, keep, name)
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def write_failure(output_dir: str, path: str, error: BaseException) -> UserError:
+    """A checkpoint write that failed (disk full, quota, I/O error): rank 0 sets the partial
+    checkpoint aside, and the run stops with one line saying where, why, and what resumes."""
+    reason = write_error_reason(error, output_dir)
+    moved = set_aside(output_dir, path, "write_failed") if os.path.isdir(path) else None
+    resume = latest_complete(output_dir)
+    return UserError(
+        f"could not write checkpoint {path}: {reason}"
+        + (f"; the partial checkpoint was set aside to {moved}" if moved else "")
+        + "; free some space and run the same command to resume from "
+        + (resume if resume else "the start (no complete checkpoint yet)")
+    )
+
+
+def write_error_reason(error: BaseException, directory: str) -> str:
+    """What went wrong writing into `directory`, with the space left there. torch.save reports a
+    full disk as a RuntimeError without errno ("basic_ios::clear: iostream error"), hence the
+    free space next to whatever the error says."""
+    import errno
+
+    cause: BaseException | None = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        text = cause.strerror or str(cause)
+    else:
+        text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return text
+    if free < 64 * 2**20 and not (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)):
+        text = f"No space left on device ({text})"
+    return f"{text}, {free / 2**20:.1f} MiB free in {directory}"
 
 
 def rotate(output_dir: str, keep: int | None) -> None:

@@ -7,7 +7,9 @@ from typing import Any
 
 from ..config import Config, Dtype, Precision
 from ..data.conversation import CHAT_TEMPLATE
-from .checkpoint import apply_umask
+from ..errors import UserError
+from ..model.loading import set_inference_pad_token
+from .checkpoint import apply_umask, write_error_reason
 
 
 def save_dtype(cfg: Config) -> Dtype:
@@ -27,19 +29,33 @@ def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
     dtype = getattr(torch, save_dtype(cfg).value)
     state_dict = trainer.accelerator.get_state_dict(trainer.model)  # full; gathered on rank 0 under FSDP
     if trainer.args.should_save:
-        partial = final + ".partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-        model.save_pretrained(partial, state_dict=state_dict)
-        # save_pretrained records the in-memory dtype; the files hold `dtype`, and inference wants the cache
-        config = copy.deepcopy(model.config)
-        config.dtype, config.use_cache = dtype, True
-        config.save_pretrained(partial)
-        tokenizer.chat_template = CHAT_TEMPLATE
-        tokenizer.save_pretrained(partial)
-        apply_umask(partial)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
+        try:
+            _write(trainer, tokenizer, state_dict, dtype, final)
+        except (OSError, RuntimeError) as e:
+            shutil.rmtree(final + ".partial", ignore_errors=True)  # ours, rewritten by every run
+            raise UserError(
+                f"could not write the final model {final}: {write_error_reason(e, trainer.args.output_dir)}; "
+                "free some space and run the same command (it resumes from the last complete checkpoint)"
+            ) from e
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+def _write(trainer: Any, tokenizer: Any, state_dict: dict, dtype: Any, final: str) -> None:
+    partial = final + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    set_inference_pad_token(tokenizer)  # batched generate pads; training never needed one
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(partial, state_dict=state_dict)
+    # save_pretrained records the in-memory dtype; the files hold `dtype`, and inference wants the cache
+    config = copy.deepcopy(model.config)
+    config.dtype, config.use_cache, config.pad_token_id = dtype, True, tokenizer.pad_token_id
+    config.save_pretrained(partial)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(partial)
+    apply_umask(partial)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)

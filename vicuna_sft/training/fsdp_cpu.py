@@ -7,6 +7,11 @@ Trainer would have used (mixed precision copied from the accelerator), in both A
 and PartialState (patching only one crashes at save). From then on the stock Trainer/accelerate
 FSDP2 code paths run: `fully_shard` over a gloo device mesh, sharded or full state dicts.
 
+`fsdp=hybrid_shard` (HSDP) adds a `parallelism_config` (dp_replicate across nodes x dp_shard within
+a node), which accelerate validates against the state when it creates the accelerator and refuses
+for MULTI_CPU. On CPU it is therefore held back until the state is FSDP (`defer_parallelism`), then
+attached with accelerate's own 2D device mesh and checks; `fully_shard` then gets that mesh.
+
 Nothing happens on GPU machines, when FSDP was not asked for, or when accelerate already chose
 FSDP. An accelerate version outside the tested range is refused, never silently downgraded.
 """
@@ -49,9 +54,23 @@ def check_version(version: str) -> None:
         )
 
 
-def enable(trainer: Any) -> bool:
-    """Switch a CPU DDP accelerator to FSDP2 when `needed`; True when it did."""
+def defer_parallelism(trainer: Any) -> Any:
+    """Before the accelerator exists: take a `parallelism_config` (HSDP's 2D mesh) out of the
+    arguments on CPU, where accelerate would refuse it for the DDP state it picks; `enable` then
+    attaches it once the state is FSDP. Returns what was taken (None: nothing to defer)."""
+    pc = trainer.args.parallelism_config
+    if pc is None or trainer.args.fsdp_plugin_args is None or trainer.args.device.type != "cpu":
+        return None
+    trainer.args.parallelism_config = None
+    return pc
+
+
+def enable(trainer: Any, parallelism: Any = None) -> bool:
+    """Switch a CPU DDP accelerator to FSDP2 when `needed`, and attach a deferred
+    `parallelism_config` (`defer_parallelism`); True when it switched."""
     if not needed(trainer):
+        if parallelism is not None:  # accelerate chose FSDP itself: the mesh still goes on
+            attach_parallelism(trainer, parallelism)
         return False
     import accelerate
     from accelerate.state import AcceleratorState, PartialState
@@ -66,9 +85,21 @@ def enable(trainer: Any) -> bool:
     AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     trainer.is_fsdp_enabled = True
+    if parallelism is not None:
+        attach_parallelism(trainer, parallelism)
     if plugin.activation_checkpointing and trainer.args.activation_checkpointing:
         raise UserError(
             "FSDP activation checkpointing and the Trainer's activation_checkpointing are exclusive"
         )
     log.info("FSDP%d enabled on CPU over gloo (%d processes)", plugin.fsdp_version, state.num_processes)
     return True
+
+
+def attach_parallelism(trainer: Any, parallelism: Any) -> None:
+    """HSDP: shard over dp_shard, replicate over dp_replicate, with accelerate's own device mesh and
+    its own checks (which now see the FSDP state)."""
+    state = trainer.accelerator.state
+    state.parallelism_config = parallelism
+    state.device_mesh = parallelism.get_device_mesh(state.device.type)
+    parallelism._validate_accelerator(trainer.accelerator)
+    trainer.args.parallelism_config = parallelism

@@ -1,5 +1,6 @@
 """The Trainer every run uses: transformers' own, plus the CPU FSDP2 adaptation (fsdp_cpu.py),
-which is a no-op on GPU machines and whenever FSDP is not asked for."""
+which is a no-op on GPU machines and whenever FSDP is not asked for, and a checkpoint write that
+fails (a full disk) stopping the run with one line, its partial checkpoint set aside."""
 
 import os
 from typing import Any
@@ -9,7 +10,7 @@ from transformers import Trainer as _HFTrainer
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 
-from . import fsdp_cpu
+from . import checkpoint, fsdp_cpu
 from .throughput import EtaProgress, Throughput
 
 
@@ -34,9 +35,17 @@ class Trainer(_HFTrainer):
                     logs.update(callback.log_metrics(self.args.world_size))
         super().log(logs, start_time)
 
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+            raise checkpoint.write_failure(self.args.output_dir, path, e) from e
+
     def create_accelerator_and_postprocess(self) -> None:
+        parallelism = fsdp_cpu.defer_parallelism(self)
         super().create_accelerator_and_postprocess()
-        fsdp_cpu.enable(self)
+        fsdp_cpu.enable(self, parallelism)
 
 
 def release(trainer: Any) -> None:
