@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import Config, Dtype, Precision
 from ..data.conversation import CHAT_TEMPLATE
+from ..model import adapters
 from .checkpoint import apply_umask
 
 
@@ -18,18 +19,27 @@ def save_dtype(cfg: Config) -> Dtype:
     )
 
 
-def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
+def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> dict[str, str | None]:
     """`final/`: safetensors in `save_dtype`, use_cache on, the Vicuna chat template.
-    Written next to its final place and renamed, so `final/` is never half-written."""
+    Written next to its final place and renamed, so `final/` is never half-written.
+    An adapter run first writes the adapter alone beside it (`final_adapter/`, model/adapters.py),
+    and `final/` gets the adapter merged into the base, or is not written (adapter.merge=false).
+    Returns {"final_dir", "adapter_dir"}: the paths written (None: not written)."""
     import torch
 
     final = os.path.join(trainer.args.output_dir, "final")
     dtype = getattr(torch, save_dtype(cfg).value)
     state_dict = trainer.accelerator.get_state_dict(trainer.model)  # full; gathered on rank 0 under FSDP
+    exported = None
     if trainer.args.should_save:
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        exported = adapters.export(unwrapped, state_dict, cfg, tokenizer, trainer.args.output_dir)
+        if adapters.adapter_dir(cfg):
+            apply_umask(adapters.adapter_dir(cfg))
+    if exported is not None:
+        model, state_dict = exported
         partial = final + ".partial"
         shutil.rmtree(partial, ignore_errors=True)
-        model = trainer.accelerator.unwrap_model(trainer.model)
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
         model.save_pretrained(partial, state_dict=state_dict)
         # save_pretrained records the in-memory dtype; the files hold `dtype`, and inference wants the cache
@@ -42,4 +52,7 @@ def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
     trainer.accelerator.wait_for_everyone()
-    return final
+    return {
+        "final_dir": final if adapters.writes_final(cfg) else None,
+        "adapter_dir": adapters.adapter_dir(cfg),
+    }
