@@ -1,6 +1,6 @@
 """Memory of training steps: full fine-tuning against adapter=lora, side by side.
 
-The builtin `small` model (a ~104M-parameter Llama, 8 layers x 1024, random weights, created
+The builtin `small` model (a ~228M-parameter Llama, 8 layers x 1536, random weights, created
 locally on first use, no download) trains N steps on the bundled sample data with the same
 config, the same batches and the real package path (load_model -> transformers Trainer, AdamW,
 fp32, sdpa, packed) in two fresh worker processes, one after the other, so that each peak is its own:
@@ -108,9 +108,9 @@ def measure(adapter: str, steps: int, batch: int, max_length: int, cache: str, t
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=3, help="training steps per run")
-    ap.add_argument("--batch", type=int, default=4, help="samples per step (packed into one row)")
-    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=3, help="training steps per run (the first allocates the optimizer state)")
+    ap.add_argument("--batch", type=int, default=1, help="samples per step")
+    ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument(
         "--cache", default=os.environ.get("VICUNA_SFT_CACHE", os.path.join(".cache", "vicuna_sft"))

@@ -43,7 +43,7 @@ class Builtin(str, Enum):
     """Models this package can create locally when `name_or_path` does not exist yet."""
 
     tiny = "tiny"
-    # ~104M parameters (8 layers x 1024 wide, the tiny tokenizer), random weights: big enough that
+    # ~228M parameters (8 layers x 1536 wide, the tiny tokenizer), random weights: big enough that
     # weights and optimizer state dominate a CPU process's memory (benchmarks/bench_adapter_memory.py)
     small = "small"
 
