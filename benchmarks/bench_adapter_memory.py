@@ -133,7 +133,7 @@ def main() -> int:
     for name, r in zip(("full", "lora"), results):
         print(
             f"{name:<6} {r['trainable']:>14,} {r['total'] / 1e6:>6.1f}M {r['peak_mb']:>8.0f}MB {r['above_mb']:>13.0f}MB "
-            f"{r['tokens_per_s']:>9.0f} {r['first_loss']:>10.4f}"
+            f"{r['tokens_per_s']:>9.1f} {r['first_loss']:>10.4f}"
         )
     assert full["tokens"] == lora["tokens"], "both runs must see the same data"
     ratio, ratio_above = lora["peak_mb"] / full["peak_mb"], lora["above_mb"] / full["above_mb"]

@@ -56,10 +56,18 @@ def runs(tmp_path_factory, tiny_dir):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         env.pop(k, None)
     layouts = {}
+    resume_from = root / "fsdp" / f"checkpoint-{SAVE}"
     for name, extra in {
         "single": ["trainer.per_device_train_batch_size=4"],
         "fsdp": ["trainer.per_device_train_batch_size=2", "fsdp=full_shard", "distributed.nproc_per_node=2"],
         "ddp": ["trainer.per_device_train_batch_size=2", "fsdp=ddp", "distributed.nproc_per_node=2"],
+        # the fsdp run again, from its own mid-run checkpoint (adapter + optimizer shards only)
+        "fsdp_resumed": [
+            "trainer.per_device_train_batch_size=2",
+            "fsdp=full_shard",
+            "distributed.nproc_per_node=2",
+            f"trainer.resume={resume_from}",
+        ],
     }.items():
         layouts[name] = root / f"report_{name}"
         r = subprocess.run(
@@ -121,3 +129,16 @@ def test_fsdp_checkpoint_holds_the_adapter_and_its_optimizer_state_only(runs):
     optim = torch.load(ckpt / "optimizer.bin", weights_only=False)
     n_adapter = sum(t.numel() for t in model.values())
     assert sum(s["exp_avg"].numel() for s in optim["state"].values()) == n_adapter
+
+
+def test_fsdp_resume_from_an_adapter_checkpoint_ends_where_the_uninterrupted_run_did(runs):
+    root, _ = runs
+    assert f"resuming from {root / 'fsdp' / f'checkpoint-{SAVE}'}" in (root / "fsdp_resumed.log").read_text()
+    resumed, straight = losses(root / "fsdp_resumed"), losses(root / "fsdp")
+    # the log history up to the checkpoint comes from it; the steps after it were trained again
+    assert resumed.keys() == straight.keys()
+    assert max(abs(resumed[s] - straight[s]) for s in resumed) <= 1e-6, (resumed, straight)
+    a, b = (
+        load_file(root / n / "final_adapter" / "adapter_model.safetensors") for n in ("fsdp", "fsdp_resumed")
+    )
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
