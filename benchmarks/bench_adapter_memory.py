@@ -108,7 +108,12 @@ def measure(adapter: str, steps: int, batch: int, max_length: int, cache: str, t
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=3, help="training steps per run (the first allocates the optimizer state)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="training steps per run (the first allocates the optimizer state)",
+    )
     ap.add_argument("--batch", type=int, default=1, help="samples per step")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
