@@ -266,8 +266,8 @@ def test_resume_after_kill_matches_uninterrupted_adapter(tmp_path, run_module, c
         "experiment=smoke",
         "adapter=lora",
         "adapter.merge=false",
-        "trainer.max_steps=120",
-        "trainer.save_steps=20",
+        "trainer.max_steps=60",
+        "trainer.save_steps=10",
         "trainer.eval_strategy=no",
         "trainer.resume=auto",
     ]
@@ -279,7 +279,7 @@ def test_resume_after_kill_matches_uninterrupted_adapter(tmp_path, run_module, c
     result = json.loads((straight / "result.json").read_text())
     assert result["final_dir"] is None and result["adapter_dir"] == str(straight / "final_adapter")
 
-    ckpt = straight / "checkpoint-120"
+    ckpt = straight / "checkpoint-60"
     assert (ckpt / "adapter_model.safetensors").is_file() and not (ckpt / "model.safetensors").exists()
     adapter = load_file(ckpt / "adapter_model.safetensors")
     optimizer = torch.load(ckpt / "optimizer.pt", weights_only=False)
@@ -293,18 +293,18 @@ def test_resume_after_kill_matches_uninterrupted_adapter(tmp_path, run_module, c
     cmd = [sys.executable, "-m", "vicuna_sft", *common, f"hydra.run.dir={crashed}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (crashed / "checkpoint-20" / "COMPLETE").exists():
+    while not (crashed / "checkpoint-10" / "COMPLETE").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps = sorted(int(p.name.split("-")[1]) for p in crashed.glob("checkpoint-*"))
-    assert steps and max(steps) < 120, steps
+    assert steps and max(steps) < 60, steps
 
     r = run_module("vicuna_sft", *common, f"hydra.run.dir={crashed}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((crashed / "result.json").read_text())
-    assert result["resumed_from"] is not None and result["global_step"] == 120
+    assert result["resumed_from"] is not None and result["global_step"] == 60
     a, b = (load_file(d / "final_adapter" / "adapter_model.safetensors") for d in (straight, crashed))
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
