@@ -84,8 +84,9 @@ def batch_loss(model, batch) -> float:
 
 def logits(model, batch) -> torch.Tensor:
     model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}  # with labels, loss=chunked builds no logits
     with torch.no_grad():
-        return model(**batch, use_cache=False).logits.float()
+        return model(**inputs, use_cache=False).logits.float()
 
 
 def release(trainer) -> None:
