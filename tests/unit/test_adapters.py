@@ -54,6 +54,7 @@ def test_adapter_options_are_the_enum_and_lora_is_fastchat(make):
         make("adapter.kind=dora")
 
 
+@pytest.mark.slow  # a 7B skeleton: seconds even on the meta device
 def test_the_trainable_line_for_vicuna_7b_lora(make, caplog):
     """FastChat's LoRA on a Llama-7B skeleton (meta device, no memory): 4.2M of 6.7B parameters."""
     import torch
@@ -142,6 +143,7 @@ def test_a_changed_adapter_is_part_of_the_resume_fingerprint(make):
     assert a["adapter.target_modules"] == ["q_proj", "v_proj"]
 
 
+@pytest.mark.slow  # a CLI process
 def test_cli_target_error_is_one_line_without_traceback(tmp_path, cache_dir):
     env = {**os.environ, "VICUNA_SFT_CACHE": cache_dir, "PYTHONPATH": os.pathsep.join(sys.path)}
     r = subprocess.run(
