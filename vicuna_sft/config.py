@@ -43,6 +43,9 @@ class Builtin(str, Enum):
     """Models this package can create locally when `name_or_path` does not exist yet."""
 
     tiny = "tiny"
+    # ~228M parameters (8 layers x 1536 wide, the tiny tokenizer), random weights: big enough that
+    # weights and optimizer state dominate a CPU process's memory (benchmarks/bench_adapter_memory.py)
+    small = "small"
 
 
 # OmegaConf matches enum members by *name*; these names are not identifiers, hence the functional API.
@@ -75,6 +78,25 @@ class FsdpStrategy(str, Enum):
     shard_grad_op = "shard_grad_op"  # like full_shard, but params stay gathered between forward and backward
     hybrid_shard = "hybrid_shard"  # shard within a node, replicate across nodes (nnodes >= 2)
     full_shard_offload = "full_shard_offload"  # full_shard + parameters offloaded to CPU (GPU only)
+
+
+class AdapterKind(str, Enum):
+    """Parameter-efficient fine-tuning (vicuna_sft/adapters.py): the base model stays frozen."""
+
+    none = "none"  # full fine-tuning: every parameter trains
+    lora = "lora"  # LoRA (PEFT) on a frozen base in model.dtype
+    qlora = "qlora"  # LoRA on a frozen 4-bit (bitsandbytes) base: needs the `qlora` extra
+
+
+class LoraBias(str, Enum):
+    none = "none"
+    all = "all"
+    lora_only = "lora_only"
+
+
+class QuantType(str, Enum):
+    nf4 = "nf4"  # 4-bit NormalFloat (QLoRA paper)
+    fp4 = "fp4"
 
 
 class StateDictType(str, Enum):
@@ -225,6 +247,25 @@ class FsdpConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """LoRA / QLoRA through PEFT; the defaults are FastChat's train_lora.py."""
+
+    kind: AdapterKind = AdapterKind.none
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    # module names (or name suffixes, PEFT's matching); [all-linear]: every linear layer but the output head
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    bias: LoraBias = LoraBias.none
+    modules_to_save: list[str] = field(default_factory=list)  # trained in full and saved with the adapter
+    merge: bool = True  # also write final/: the adapter merged into the base, in model.save_dtype
+    # qlora: the frozen base quantized to 4 bits at load time
+    quant_type: QuantType = QuantType.nf4
+    double_quant: bool = True
+    compute_dtype: Dtype | None = None  # None: bf16/fp16 for bf16/fp16 runs, else model.dtype
+
+
+@dataclass
 class DistributedConfig:
     """Process layout. Under torchrun/SLURM the ranks come from the environment and these only
     describe the launch; with `python -m vicuna_sft distributed.nproc_per_node=N` this process
@@ -282,6 +323,7 @@ class Config:
     fsdp: FsdpConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     loss: LossConfig = field(default_factory=LossConfig)
+    adapter: AdapterConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
@@ -302,7 +344,7 @@ def _asset_path(name: str) -> str:
     return str(resources.files("vicuna_sft") / "assets" / name)
 
 
-BUILTIN_DIRS = {Builtin.tiny: "tiny-llama"}
+BUILTIN_DIRS = {Builtin.tiny: "tiny-llama", Builtin.small: "small-llama"}
 
 
 def cache_root() -> str:

@@ -62,8 +62,8 @@ def run(cfg: Config) -> dict[str, Any]:
         )
     trainer.save_state()
     eval_metrics = final_eval(trainer) if data.eval is not None else {}
-    final_dir = save_final(trainer, tokenizer, cfg)
-    result = {**run_result(trainer, eval_metrics, final_dir, resume), **data.seen_stats()}
+    saved = save_final(trainer, tokenizer, cfg)
+    result = {**run_result(trainer, eval_metrics, saved, resume), **data.seen_stats()}
     if trainer.is_world_process_zero():
         write_result(result, out)
         print_result(result)

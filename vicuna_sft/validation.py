@@ -6,7 +6,7 @@ import os
 
 from omegaconf import DictConfig
 
-from .config import Config, LongMode, Strategy, TrainerConfig, to_config
+from .config import AdapterKind, Config, FsdpStrategy, LongMode, Strategy, TrainerConfig, to_config
 from .errors import UserError
 from .process import layout
 
@@ -66,7 +66,7 @@ def validate(cfg: Config) -> None:
             "data.eval_path, or trainer.eval_strategy=no",
         ),
     ]
-    errors = [msg for ok, msg in checks if not ok]
+    errors = [msg for ok, msg in checks if not ok] + adapter_errors(cfg)
     if d.lazy and d.long == LongMode.split:
         errors.append(
             "data.long=split needs the samples up front (a conversation's piece count is known only once "
@@ -136,6 +136,41 @@ def report_to_problems(report_to: list[str]) -> list[str]:
             package = LOGGERS[name][1]
             problems.append(f"trainer.report_to: {name!r} needs {package}: pip install {package}")
     return problems
+
+
+# FSDP strategies that shard parameters (qlora's packed 4-bit weights cannot be sharded here)
+SHARDING = (
+    FsdpStrategy.full_shard,
+    FsdpStrategy.shard_grad_op,
+    FsdpStrategy.hybrid_shard,
+    FsdpStrategy.full_shard_offload,
+)
+
+
+def adapter_errors(cfg: Config) -> list[str]:
+    a = cfg.adapter
+    if a.kind == AdapterKind.none:
+        return []
+    checks = [
+        (a.r >= 1, f"adapter.r must be >= 1, got {a.r}"),
+        (a.alpha > 0, f"adapter.alpha must be > 0, got {a.alpha}"),
+        (0 <= a.dropout < 1, f"adapter.dropout must be in [0, 1), got {a.dropout}"),
+        (
+            bool(a.target_modules),
+            "adapter.target_modules is empty: name the layers to adapt, or [all-linear]",
+        ),
+        (
+            "all-linear" not in a.target_modules or len(a.target_modules) == 1,
+            f"adapter.target_modules: all-linear stands alone, got {list(a.target_modules)}",
+        ),
+        (
+            a.kind != AdapterKind.qlora or cfg.fsdp.strategy not in SHARDING,
+            f"adapter=qlora with fsdp={cfg.fsdp.strategy.value} is not supported: FSDP would have to shard "
+            "bitsandbytes' packed 4-bit weights (stored in the compute dtype, with their quantization state "
+            "kept per shard); use fsdp=none (one GPU) or fsdp=ddp (a replica of the 4-bit base per GPU)",
+        ),
+    ]
+    return [msg for ok, msg in checks if not ok]
 
 
 def checked(cfg: DictConfig) -> Config:

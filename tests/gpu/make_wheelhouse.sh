@@ -18,7 +18,7 @@ rm -rf "$OUTDIR.tmp" && mkdir -p "$OUTDIR.tmp"
 # --no-binary tomli: its binary wheels are per Python version; the GPU machine's Python may differ
 $PY -m pip wheel -q --no-deps --no-binary tomli -w "$OUTDIR.tmp" \
   "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3,<2.4" "antlr4-python3-runtime==4.9.3" \
-  "accelerate>=1.10" "psutil>=5.9" "liger-kernel>=0.5" \
+  "accelerate>=1.10" "psutil>=5.9" "liger-kernel>=0.5" "peft>=0.17" "bitsandbytes>=0.48" \
   "pytest>=8" iniconfig pluggy pygments "exceptiongroup>=1" "tomli>=1" \
   "setuptools>=70.1" wheel
 rm -rf "$OUTDIR" && mv "$OUTDIR.tmp" "$OUTDIR"

@@ -10,6 +10,9 @@
 #      40 steps, checking that the loss decreases.
 #   3. the same run with loss=liger (liger-kernel's fused linear cross-entropy), when it is installed
 #      or in the wheelhouse (tests/gpu/test_loss_gpu.py, part of step 1, compares it with loss=full).
+#   4. the same run (fsdp=none) with adapter=qlora: a bitsandbytes nf4 base on CUDA, LoRA on every
+#      linear layer; the loss decreases (tests/gpu/test_adapters_gpu.py, part of step 1, checks the
+#      4-bit layers, what trains and the merged bf16 final/).
 #
 # tests/gpu/wheelhouse is git-ignored and MUST TRAVEL WITH THE TREE: fill it where PyPI is reachable
 # with tests/gpu/make_wheelhouse.sh and carry the folder to the GPU machine.
@@ -25,7 +28,7 @@ start=$SECONDS
 echo "== 0 setup (offline)"
 need=$($PY - <<'PY'
 import importlib.util as u
-mods = {"hydra": "hydra-core", "omegaconf": "omegaconf", "accelerate": "accelerate", "psutil": "psutil", "pytest": "pytest"}
+mods = {"hydra": "hydra-core", "omegaconf": "omegaconf", "accelerate": "accelerate", "psutil": "psutil", "pytest": "pytest", "peft": "peft"}
 print(" ".join(pkg for mod, pkg in mods.items() if u.find_spec(mod) is None))
 PY
 )
@@ -44,6 +47,9 @@ fi
 $PY -c "import liger_kernel" 2>/dev/null || [ ! -d "$WHEELS" ] || \
   $PY -m pip install -q --no-index --no-deps --find-links "$WHEELS" liger-kernel 2>/dev/null || \
   echo "liger-kernel not available: loss=liger checks skipped"
+$PY -c "import bitsandbytes" 2>/dev/null || [ ! -d "$WHEELS" ] || \
+  $PY -m pip install -q --no-index --no-deps --find-links "$WHEELS" bitsandbytes 2>/dev/null || \
+  echo "bitsandbytes not available: adapter=qlora checks skipped"
 $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('vicuna_sft.conf') is None)" \
   || { echo "vicuna_sft.conf is not importable after the install" >&2; exit 1; }
 HEADLINE=(attention=flash fsdp=full_shard trainer.precision=bf16
@@ -59,10 +65,10 @@ fi
 
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 
-echo "== 1/3 pytest -m gpu"
+echo "== 1/4 pytest -m gpu"
 timeout 300 $PY -m pytest -m gpu tests/gpu -q -rs -s -p no:cacheprovider 2>&1 | tail -40
 
-echo "== 2/3 headline run: attention=flash fsdp=full_shard, bf16"
+echo "== 2/4 headline run: attention=flash fsdp=full_shard, bf16"
 export VICUNA_SFT_CACHE="$OUT/cache"
 timeout 240 $PY -m vicuna_sft "${HEADLINE[@]}" hydra.run.dir="$OUT/headline" 2>&1 | grep -v "it/s]" | tail -25
 $PY - "$OUT/headline/result.json" <<'PY'
@@ -72,7 +78,7 @@ first, last = r["first_train_loss"], r["final_train_loss"]
 print(f"headline: {r['global_step']} steps, loss {first:.4f} -> {last:.4f}")
 assert r["global_step"] == 40 and last < first - 0.5, r
 PY
-echo "== 3/3 loss=liger run"
+echo "== 3/4 loss=liger run"
 if $PY -c "import liger_kernel" 2>/dev/null; then
   timeout 240 $PY -m vicuna_sft "${HEADLINE[@]}" fsdp=none loss=liger hydra.run.dir="$OUT/liger" 2>&1 | grep -v "it/s]" | tail -8
   $PY - "$OUT/liger/result.json" <<'PY'
@@ -84,5 +90,19 @@ assert r["global_step"] == 40 and last < first - 0.5, r
 PY
 else
   echo "skipped: liger-kernel not installed"
+fi
+echo "== 4/4 adapter=qlora run (bitsandbytes nf4 base on CUDA, bf16)"
+if $PY -c "import bitsandbytes" 2>/dev/null; then
+  timeout 240 $PY -m vicuna_sft "${HEADLINE[@]}" fsdp=none adapter=qlora adapter.target_modules=[all-linear] \
+    optimizer.lr=2e-2 hydra.run.dir="$OUT/qlora" 2>&1 | grep -v "it/s]" | tail -8
+  $PY - "$OUT/qlora/result.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+first, last = r["first_train_loss"], r["final_train_loss"]
+print(f"adapter=qlora: {r['global_step']} steps, loss {first:.4f} -> {last:.4f}; {r['final_dir']}, {r['adapter_dir']}")
+assert r["global_step"] == 40 and last < first, r
+PY
+else
+  echo "skipped: bitsandbytes not installed"
 fi
 echo "all GPU checks passed in $((SECONDS - start)) s"

@@ -65,7 +65,10 @@ class Recorder:
 def recorded(monkeypatch: pytest.MonkeyPatch):
     import transformers
 
-    monkeypatch.setattr(transformers, "TrainingArguments", Recorder)
+    # resolving a lazy attribute the first time can replace sys.modules["transformers"] (transformers 5):
+    # patch the module `from transformers import ...` will see, whichever test runs first
+    transformers.TrainingArguments  # noqa: B018
+    monkeypatch.setattr(sys.modules["transformers"], "TrainingArguments", Recorder)
 
     def _args(cfg: C.Config, world_size: int = 1, wrap_classes: list[str] | None = WRAP) -> dict:
         cfg.distributed.nproc_per_node = world_size  # the layout planned before launching (process.layout)

@@ -10,6 +10,7 @@ from typing import Any
 from .. import attention
 from ..config import Builtin, Config, ModelConfig, builtin_path
 from ..errors import UserError
+from . import adapters
 from . import loss as losses
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def resolve_path(m: ModelConfig, path: str | None = None) -> str:
     """The local directory or hub id to load; creates a builtin model on first use."""
     path = os.path.expanduser(path or m.name_or_path)
-    if m.builtin == Builtin.tiny and _same_path(path, builtin_path(Builtin.tiny)):
+    if m.builtin is not None and _same_path(path, builtin_path(m.builtin)):
         from .tiny import ensure_tiny
 
-        ensure_tiny(path)  # no-op when it is already there
+        ensure_tiny(path, Builtin(m.builtin).value)  # no-op when it is already there
     if not os.path.exists(path) and not _HUB_ID.match(path):
         raise ModelLoadError(f"model path does not exist: {path}")
     return path
@@ -96,18 +97,20 @@ def check_loss(cfg: Config) -> None:
     losses.check(cfg)
 
 
-def load_model(cfg: Config) -> Any:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+def check_adapter(cfg: Config) -> None:
+    """The adapter's refusals up front: bitsandbytes and its device, and target modules the
+    architecture lacks (read from the model's config alone, before any data is encoded)."""
+    adapters.check(cfg)
+    adapters.check_targets(cfg, lambda: load_config(cfg))
 
-    variant = attention.get(cfg.attention.implementation)
-    variant.check(cfg)  # fail before loading any weights
-    losses.check(cfg)
+
+def load_config(cfg: Config) -> Any:
+    """The model's config as training loads it: linear RoPE scaling past its context, no KV cache."""
+    from transformers import AutoConfig
+
     path = resolve_path(cfg.model)
     common = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
     config = _wrap_hub_errors("model config", path, AutoConfig.from_pretrained, **common)
-    variant.check_model(cfg, config)  # e.g. softcapping or sinks the kernel lacks: still before weights
-    losses.check_model_config(cfg.loss, config)  # e.g. logit softcapping, before the weights load
     factor = rope_scaling_factor(cfg.data.max_length, getattr(config, "max_position_embeddings", None))
     if factor:
         theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
@@ -120,6 +123,23 @@ def load_model(cfg: Config) -> Any:
         )
     # Training never uses the KV cache, and packed-sequence masking only engages without it.
     config.use_cache = False
+    return config
+
+
+def load_model(cfg: Config) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    variant = attention.get(cfg.attention.implementation)
+    variant.check(cfg)  # fail before loading any weights
+    losses.check(cfg)
+    adapters.check(cfg)
+    path = resolve_path(cfg.model)
+    common = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
+    config = load_config(cfg)
+    variant.check_model(cfg, config)  # e.g. softcapping or sinks the kernel lacks: still before weights
+    losses.check_model_config(cfg.loss, config)  # e.g. logit softcapping, before the weights load
+    adapters.check_targets(cfg, lambda: config)  # on a meta-device skeleton: still no weights read
     model = _wrap_hub_errors(
         "model",
         path,
@@ -127,7 +147,9 @@ def load_model(cfg: Config) -> Any:
         config=config,
         dtype=getattr(torch, cfg.model.dtype.value),
         attn_implementation=variant.implementation(cfg),
+        **adapters.load_kwargs(cfg),  # qlora: 4-bit quantization while loading
         **common,
     )
-    # the loss variant, on this instance (an adapter wrapping it later calls through it)
-    return losses.install(variant.prepare(model), cfg.loss)
+    # the loss variant on this instance, then the adapter wrapping it (PEFT calls through to it;
+    # the attention's and the loss's hooks stay on the inner model)
+    return adapters.apply(losses.install(variant.prepare(model), cfg.loss), cfg)

@@ -43,6 +43,18 @@ MODEL_KWARGS = dict(
     num_key_value_heads=2,
     max_position_embeddings=1024,
 )
+# the `small` builtin: the same tokenizer, a model of ~228M parameters (8 layers x 1536)
+SIZES = {
+    "tiny": MODEL_KWARGS,
+    "small": dict(
+        hidden_size=1536,
+        intermediate_size=4096,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        max_position_embeddings=1024,
+    ),
+}
 
 
 def sample_conversations_path() -> pathlib.Path:
@@ -60,12 +72,12 @@ def is_built(path: str | os.PathLike) -> bool:
     )
 
 
-def ensure_tiny(path: str | os.PathLike) -> pathlib.Path:
-    """Return ``path`` if it already holds the tiny model, else build it there."""
+def ensure_tiny(path: str | os.PathLike, size: str = "tiny") -> pathlib.Path:
+    """Return ``path`` if it already holds the model, else build the builtin of that size there."""
     p = pathlib.Path(path)
     if is_built(p):
         return p
-    return build_tiny(p)
+    return build_tiny(p, size=size)
 
 
 def _training_texts() -> Iterator[str]:
@@ -108,7 +120,7 @@ def _train_tokenizer(vocab_size: int):
     return tok
 
 
-def _build_into(out: pathlib.Path, *, vocab_size: int, seed: int) -> None:
+def _build_into(out: pathlib.Path, *, vocab_size: int, seed: int, size: str = "tiny") -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -118,7 +130,7 @@ def _build_into(out: pathlib.Path, *, vocab_size: int, seed: int) -> None:
         eos_token="</s>",
         unk_token="<unk>",
         padding_side="right",
-        model_max_length=MODEL_KWARGS["max_position_embeddings"],
+        model_max_length=SIZES[size]["max_position_embeddings"],
     )
     tokenizer.save_pretrained(out)
 
@@ -128,7 +140,7 @@ def _build_into(out: pathlib.Path, *, vocab_size: int, seed: int) -> None:
         eos_token_id=2,
         pad_token_id=None,
         tie_word_embeddings=False,
-        **MODEL_KWARGS,
+        **SIZES[size],
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -146,7 +158,9 @@ def _file_lock(lock_path: pathlib.Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def build_tiny(path: str | os.PathLike, *, vocab_size: int = 512, seed: int = 0) -> pathlib.Path:
+def build_tiny(
+    path: str | os.PathLike, *, vocab_size: int = 512, seed: int = 0, size: str = "tiny"
+) -> pathlib.Path:
     """Build the tiny Llama + tokenizer at ``path`` (atomically) and return ``path``.
 
     If ``path`` already holds a complete build (e.g. another process finished first), it is
@@ -167,7 +181,7 @@ def build_tiny(path: str | os.PathLike, *, vocab_size: int = 512, seed: int = 0)
             raise FileExistsError(f"{dest} exists but does not hold a complete tiny model; remove it")
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=dest.parent))
         try:
-            _build_into(tmp, vocab_size=vocab_size, seed=seed)
+            _build_into(tmp, vocab_size=vocab_size, seed=seed, size=size)
             os.chmod(tmp, 0o755)  # mkdtemp creates 0700
             try:
                 os.rename(tmp, dest)  # atomic; replaces an empty directory

@@ -288,6 +288,11 @@ def run_fingerprint(cfg: Any, world_size: int, data_digests: dict[str, str] | No
         **{f"optimizer.{k}": value(v) for k, v in vars(cfg.optimizer).items()},
         "data.long": value(d.long),
         **{f"data content ({path})": digest for path, digest in sorted((data_digests or {}).items())},
+        # what trains (and the frozen base's quantization): a checkpoint's adapter fits only its own config
+        **{
+            f"adapter.{k}": value(v) if not isinstance(v, list) else list(v)
+            for k, v in vars(cfg.adapter).items()
+        },
     }
 
 

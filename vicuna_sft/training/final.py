@@ -8,6 +8,7 @@ from typing import Any
 from ..config import Config, Dtype, Precision
 from ..data.conversation import CHAT_TEMPLATE
 from ..errors import UserError
+from ..model import adapters
 from ..model.loading import set_inference_pad_token
 from .checkpoint import apply_umask, write_error_reason
 
@@ -20,9 +21,12 @@ def save_dtype(cfg: Config) -> Dtype:
     )
 
 
-def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
+def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> dict[str, str | None]:
     """`final/`: safetensors in `save_dtype`, use_cache on, the Vicuna chat template.
-    Written next to its final place and renamed, so `final/` is never half-written."""
+    Written next to its final place and renamed, so `final/` is never half-written.
+    An adapter run first writes the adapter alone beside it (`final_adapter/`, model/adapters.py),
+    and `final/` gets the adapter merged into the base, or is not written (adapter.merge=false).
+    Returns {"final_dir", "adapter_dir"}: the paths written (None: not written)."""
     import torch
 
     final = os.path.join(trainer.args.output_dir, "final")
@@ -30,7 +34,7 @@ def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
     state_dict = trainer.accelerator.get_state_dict(trainer.model)  # full; gathered on rank 0 under FSDP
     if trainer.args.should_save:
         try:
-            _write(trainer, tokenizer, state_dict, dtype, final)
+            _write(trainer, tokenizer, state_dict, dtype, final, cfg)
         except (OSError, RuntimeError) as e:
             shutil.rmtree(final + ".partial", ignore_errors=True)  # ours, rewritten by every run
             raise UserError(
@@ -38,15 +42,24 @@ def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> str:
                 "free some space and run the same command (it resumes from the last complete checkpoint)"
             ) from e
     trainer.accelerator.wait_for_everyone()
-    return final
+    return {
+        "final_dir": final if adapters.writes_final(cfg) else None,
+        "adapter_dir": adapters.adapter_dir(cfg),
+    }
 
 
-def _write(trainer: Any, tokenizer: Any, state_dict: dict, dtype: Any, final: str) -> None:
+def _write(trainer: Any, tokenizer: Any, state_dict: dict, dtype: Any, final: str, cfg: Config) -> None:
+    set_inference_pad_token(tokenizer)  # batched generate pads; training never needed one
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    exported = adapters.export(unwrapped, state_dict, cfg, tokenizer, trainer.args.output_dir)
+    if adapters.adapter_dir(cfg):
+        apply_umask(adapters.adapter_dir(cfg))
+    if exported is None:  # adapter.merge=false: the adapter alone
+        return
+    model, state_dict = exported
     partial = final + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
-    model = trainer.accelerator.unwrap_model(trainer.model)
     state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-    set_inference_pad_token(tokenizer)  # batched generate pads; training never needed one
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(partial, state_dict=state_dict)

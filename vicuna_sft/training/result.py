@@ -29,7 +29,10 @@ def final_eval(trainer: Any) -> dict[str, Any]:
     return trainer.evaluate()
 
 
-def run_result(trainer: Any, eval_metrics: dict, final_dir: str, resumed_from: str | None) -> dict[str, Any]:
+def run_result(
+    trainer: Any, eval_metrics: dict, saved: dict[str, str | None], resumed_from: str | None
+) -> dict[str, Any]:
+    """`saved`: the directories `training.final.save_final` wrote (final_dir, adapter_dir)."""
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
     speed = [e for e in trainer.state.log_history if "train_tokens_per_second" in e]
     # the Trainer logs the mean loss of the steps since its previous log, and logs at the last step
@@ -42,7 +45,8 @@ def run_result(trainer: Any, eval_metrics: dict, final_dir: str, resumed_from: s
         window = [start, losses[-1][0]]
     return {
         "output_dir": trainer.args.output_dir,
-        "final_dir": final_dir,
+        "final_dir": saved["final_dir"],  # None: an adapter run with adapter.merge=false
+        "adapter_dir": saved["adapter_dir"],  # None: full fine-tuning
         "global_step": trainer.state.global_step,
         "first_train_loss": losses[0][1] if losses else None,
         "final_train_loss": losses[-1][1] if losses else None,
@@ -68,6 +72,16 @@ def print_result(r: dict[str, Any]) -> None:
         + f"\n  train loss  first {fmt(r['first_train_loss'])}  last {fmt(r['final_train_loss'])}"
         + f"\n  eval loss   {fmt(r['eval_loss'])}"
         + f"\n  outputs     {r['output_dir']}  (config.yaml, data_stats.json, checkpoint-*/, {RESULT_FILE})"
-        + f"\n  model       {r['final_dir']}  (AutoModelForCausalLM.from_pretrained)\n",
+        + (
+            f"\n  model       {r['final_dir']}  (AutoModelForCausalLM.from_pretrained)"
+            if r["final_dir"]
+            else ""
+        )
+        + (
+            f"\n  adapter     {r['adapter_dir']}  (AutoPeftModelForCausalLM.from_pretrained)"
+            if r["adapter_dir"]
+            else ""
+        )
+        + "\n",
         flush=True,
     )
