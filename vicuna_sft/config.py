@@ -323,7 +323,7 @@ class Config:
     fsdp: FsdpConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     loss: LossConfig = field(default_factory=LossConfig)
-    adapter: AdapterConfig = MISSING
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)  # kind none: full fine-tuning
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
