@@ -30,6 +30,7 @@ echo "== 0 setup (offline)"
 # transformers are the machine's own). Always installed: an import from the repository root does not
 # prove the package (and its conf/) is installed.
 if [ -d "$WHEELS" ]; then
+  echo "installing vicuna_sft and the dependencies this machine lacks, offline from $WHEELS"
   $PY -m pip install -q --no-index --find-links "$WHEELS" -e . pytest
 else
   echo "no $WHEELS: installing from an index (run tests/gpu/make_wheelhouse.sh where PyPI is reachable, carry the folder)"
