@@ -105,8 +105,8 @@ def test_train_eval_save_reload(tmp_path, run_module, sample_path):
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, run_module, cache_dir):
     common = [
-        "trainer.max_steps=240",
-        "trainer.save_steps=40",
+        "trainer.max_steps=120",
+        "trainer.save_steps=20",
         "trainer.eval_strategy=no",
         "trainer.resume=auto",
     ]
@@ -120,19 +120,19 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, run_module, cache
     cmd = [sys.executable, "-m", "vicuna_sft", *overrides(crashed, *common)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (crashed / "checkpoint-40" / "COMPLETE").exists():
+    while not (crashed / "checkpoint-20" / "COMPLETE").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps = sorted(int(p.name.split("-")[1]) for p in crashed.glob("checkpoint-*"))
-    assert steps and max(steps) < 240, steps  # the kill really cut the run short
+    assert steps and max(steps) < 120, steps  # the kill really cut the run short
     assert not (crashed / "final").exists()
 
     r = run_module("vicuna_sft", *overrides(crashed, *common), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((crashed / "result.json").read_text())
-    assert result["resumed_from"] is not None and result["global_step"] == 240
+    assert result["resumed_from"] is not None and result["global_step"] == 120
     a, b = (load_file(d / "final" / "model.safetensors") for d in (straight, crashed))
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)

@@ -170,7 +170,11 @@ def launch(cfg: Config) -> dict[str, Any]:
         with forward_signals(received):
             elastic_launch(config, sys.executable)("-u", "-m", WORKER_MODULE, path)
     except ChildFailedError as e:
-        if all(f.exitcode == PREEMPTED_EXIT for f in e.failures.values()):
+        codes = [f.exitcode for f in e.failures.values()]
+        # A rank exits 75 only once the stop's checkpoint is complete on every rank; the agent then
+        # sends its closing SIGTERM to ranks still exiting, which may die of it: still a clean stop.
+        closing = (-signal.SIGTERM, -signal.SIGKILL)
+        if PREEMPTED_EXIT in codes and all(c == PREEMPTED_EXIT or c in closing for c in codes):
             from ..training.checkpoint import latest_complete, step_of
 
             latest = latest_complete(out)
