@@ -11,10 +11,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vicuna_sft-installed
 # CPU bootstrap only: a plain `torch` requirement can pull a multi-GB CUDA build. GPU machines
 # bring their own torch and install with `pip install -e .[dev]` (or `.[flash]`, `.[xformers]`).
-TORCH_CPU ?= torch==2.13.0
+# The CPU wheel comes from a local wheel directory if pip has one (offline), else PyTorch's CPU index.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP_VERSION ?= 25.3
+# Everything else is installed exactly as locked (requirements/cpu.lock, hashes checked); `make lock`
+# re-resolves it. LOCK=requirements/oldest.lock gives the oldest supported pins instead.
+LOCK ?= requirements/cpu.lock
 PYTEST_ARGS ?=
 
-.PHONY: help install smoke test test-fast test-gpu lint format typecheck bench clean
+.PHONY: help install lock smoke test test-fast test-gpu lint format typecheck bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,13 +28,20 @@ help: ## list targets
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_CPU)"
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+$(STAMP): pyproject.toml $(LOCK) | $(PY)
+	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-index "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
+	  || $(PY) -m pip install -q --no-deps "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_INDEX)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	echo $(LOCK) > $(STAMP)
 
-install: $(STAMP) ## create the environment (CPU torch) and install vicuna_sft with dev tools
+install: $(STAMP) ## create the environment (CPU torch) and install vicuna_sft with dev tools, as locked
+
+lock: ## re-resolve the newest releases inside pyproject's ranges into requirements/*.lock
+	@command -v uv >/dev/null || { echo "make lock needs uv (pip install uv)"; exit 1; }
+	bash scripts/lock.sh
 
 smoke: $(STAMP) ## a fresh tiny fine-tune on the bundled sample (CPU, offline, < 3 min)
 	rm -rf outputs/smoke

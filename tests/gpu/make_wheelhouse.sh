@@ -17,7 +17,7 @@ PY=${PYTHON:-python}
 rm -rf "$OUTDIR.tmp" && mkdir -p "$OUTDIR.tmp"
 # Packages that depend on torch: --no-deps (the GPU machine's own CUDA torch must stay).
 $PY -m pip wheel -q --no-deps -w "$OUTDIR.tmp" \
-  "accelerate>=1.10" "peft>=0.17" "bitsandbytes>=0.48" "liger-kernel>=0.5"
+  "accelerate>=1.15,<1.16" "peft>=0.17" "bitsandbytes>=0.48" "liger-kernel>=0.5"
 # Everything else vicuna_sft needs, with its whole dependency closure (none of it needs torch):
 # `pip install --no-index -e .` there then resolves from this folder and the installed torch/transformers.
 # --no-binary tomli: its binary wheels are per Python version; the GPU machine's Python may differ.

@@ -105,7 +105,9 @@ def lora_run(tmp_path_factory, tiny_dir):
         "adapter=lora",
         "adapter.target_modules=[all-linear]",
         "trainer.max_steps=30",
-        "optimizer.lr=2e-2",
+        # 2e-2 sits at the edge of stability for this model: on some CPUs' kernels it plateaus at
+        # 6.1 after 5 steps. 5e-3 learns on every machine seen (fixed batch 6.26 -> 5.88).
+        "optimizer.lr=5e-3",
     )
     trainer, tokenizer = build_trainer(cfg)
     model = trainer.model
