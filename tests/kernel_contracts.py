@@ -38,6 +38,9 @@ RULES: dict[str, str] = {
     # --- torch.nn.attention.varlen.varlen_attn (torch 2.13) --------------------------------------
     "varlen.signature": "torch/nn/attention/varlen.py:176-192 (no dropout argument; after max_k only the "
     "keywords return_aux, scale, window_size, enable_gqa, seqused_k, block_table, num_splits)",
+    "varlen.signature_2_11": "torch 2.11 torch/nn/attention/varlen.py varlen_attn(query, key, value, "
+    "cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)): no "
+    "enable_gqa (added in 2.13); grouped K/V heads are accepted natively",
     "varlen.gqa_heads": "torch/nn/attention/varlen.py:295-305 (Hq == Hkv unless enable_gqa; Hq % Hkv == 0)",
     "varlen.window": "torch/nn/attention/varlen.py:187,307 (window_size a (left, right) tuple; "
     "(-1, 0) is causal; is_causal is `window_size == (-1, 0)`, so a list never is)",
@@ -260,6 +263,43 @@ def varlen_attn(
     _check_cu_seqlens(cu_seq_q, cu_seq_k, max_q, max_k, query, key)
     calls.log.append({"kernel": "varlen_attn", "window_size": window_size, "cu": cu_seq_q.tolist()})
     return _varlen_reference(query, key, value, cu_seq_q, cu_seq_k, scale, *window_size)
+
+
+def varlen_attn_2_11(
+    query,
+    key,
+    value,
+    cu_seq_q,
+    cu_seq_k,
+    max_q,
+    max_k,
+    *,
+    return_aux=None,
+    scale=None,
+    window_size=(-1, -1),
+    **unexpected,
+):
+    """torch 2.11's `varlen_attn`: no `enable_gqa` keyword (a TypeError there); GQA is native."""
+    _require("varlen.signature_2_11", not unexpected, f"unexpected keyword arguments {sorted(unexpected)}")
+    hq, hk = query.shape[1], key.shape[1]
+    _require("varlen.gqa_heads", hq % hk == 0, f"Hq={hq} not a multiple of Hkv={hk}")
+    return varlen_attn(
+        query,
+        key,
+        value,
+        cu_seq_q,
+        cu_seq_k,
+        max_q,
+        max_k,
+        return_aux=return_aux,
+        scale=scale,
+        window_size=window_size,
+        enable_gqa=hq != hk,
+    )
+
+
+# the signatures a call site must satisfy, by torch release
+VARLEN_ATTN = {"2.13": varlen_attn, "2.11": varlen_attn_2_11}
 
 
 # --- flash_attn.flash_attn_varlen_func ----------------------------------------------------------------

@@ -191,14 +191,11 @@ class Prompter:
             from .data.conversation import VICUNA_SYSTEM
 
             return self.encoder.encode_prompt(VICUNA_SYSTEM if system is None else system, history, user)
-        out = self.tokenizer.apply_chat_template(
-            build_messages(system, history, user),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            sanitize_control_tokens=True,
+        from .compat.transformers import chat_template_ids
+
+        return chat_template_ids(
+            self.tokenizer, build_messages(system, history, user), add_generation_prompt=True
         )
-        return list(out["input_ids"])
 
 
 @dataclass

@@ -1,33 +1,48 @@
 #!/usr/bin/env bash
-# Fill tests/gpu/wheelhouse with WHEELS of everything run_gpu_checks.sh needs beyond torch + transformers
-# (and their own dependencies), for a GPU machine without network. Run where PyPI is reachable.
-#
-# tests/gpu/wheelhouse is git-ignored: it must travel with the tree to the GPU machine (copy or carry
-# the folder along with the checkout).
-#
-# `pip wheel`, not `pip download`: antlr4-python3-runtime 4.9.3 (hydra-core's parser) exists only as
-# an sdist, which `pip install --no-index` cannot build there (no setuptools to fetch). The packages
-# that depend on torch are taken --no-deps: resolving them would pull a (CUDA) torch into the folder.
-# setuptools/wheel: the build backend for `pip install -e .` (vicuna_sft itself, offline).
-# tests/gpu/prove_offline_setup.sh proves the folder is complete (fresh venv, pip --no-index).
+# Fill tests/gpu/wheelhouse with the wheels run_gpu_checks.sh installs on a GPU machine without
+# network: only what the GPU run imports beyond the machine's own torch + transformers (and their
+# dependencies: numpy, pyyaml, packaging, huggingface_hub, safetensors, tokenizers, tqdm, filelock):
+#   hydra-core, omegaconf, antlr4 (hydra's parser), accelerate, peft, psutil, xxhash, pytest (+ its
+#   own small dependencies), bitsandbytes (adapter=qlora), liger-kernel (loss=liger), setuptools
+#   (the build backend of `pip install -e . --no-deps`, vicuna_sft itself).
+# Not included: datasets (the GPU run reads data lazily), matplotlib and tensorboard (optional at run
+# time: no plots, report_to=[]), the sweepers. Versions: requirements/oldest.lock, whose
+# transformers (5.17) is the GPU image's. Compiled wheels for CPython 3.10-3.13 (the GPU machine's
+# Python is checked by the script). Run where PyPI is reachable; the folder is git-ignored and must
+# travel with the tree (carry tests/gpu/wheelhouse): at most 64 MiB, checked here and on arrival.
 # Usage: make_wheelhouse.sh [OUTPUT_DIR]   (default: tests/gpu/wheelhouse)
 set -euo pipefail
-OUTDIR=$(realpath -m "${1:-$(dirname "$0")/wheelhouse}")
-PY=${PYTHON:-python}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUTDIR=$(realpath -m "${1:-$ROOT/tests/gpu/wheelhouse}")
+PY=${PYTHON:-python3}
+LOCK=$ROOT/requirements/oldest.lock
+LIMIT_MIB=64
+pin() { grep -iE "^$1==" "$LOCK" | cut -d' ' -f1; }  # name==version from the lock
+PURE=(hydra-core omegaconf accelerate peft pytest iniconfig pluggy pygments setuptools bitsandbytes)
+COMPILED=(psutil xxhash)
 rm -rf "$OUTDIR.tmp" && mkdir -p "$OUTDIR.tmp"
-# Packages that depend on torch: --no-deps (the GPU machine's own CUDA torch must stay).
-$PY -m pip wheel -q --no-deps -w "$OUTDIR.tmp" \
-  "accelerate>=1.15,<1.16" "peft>=0.17" "bitsandbytes>=0.48" "liger-kernel>=0.5"
-# Everything else vicuna_sft needs, with its whole dependency closure (none of it needs torch):
-# `pip install --no-index -e .` there then resolves from this folder and the installed torch/transformers.
-# --no-binary tomli: its binary wheels are per Python version; the GPU machine's Python may differ.
-# Binary wheels (numpy, pyarrow, matplotlib, grpcio, ...) are for THIS Python: build the wheelhouse
-# with the GPU machine's Python version (PYTHON=python3.X).
-$PY -m pip wheel -q --no-binary tomli -w "$OUTDIR.tmp" \
-  "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3,<2.4" "antlr4-python3-runtime==4.9.3" "datasets>=3.0" \
-  "psutil>=5.9" "filelock>=3.12" "markdownify>=1.1" "xxhash>=3" "matplotlib>=3.7" "tensorboard>=2.14" \
-  "hydra-optuna-sweeper>=1.2" "pytest>=8" "setuptools>=70.1" wheel
-rm -rf "$OUTDIR" && mv "$OUTDIR.tmp" "$OUTDIR"
-bad=$(find "$OUTDIR" -type f ! -name '*.whl')
+dl() { $PY -m pip download -q --no-deps --only-binary=:all: -d "$OUTDIR.tmp" "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+for name in "${PURE[@]}"; do dl "$(pin "$name")"; done
+dl "liger-kernel==0.8.5"  # not in the CPU lock (CUDA only)
+# pytest's two extra dependencies on Python 3.10, as pure wheels
+dl --python-version 3.10 --implementation py --abi none --platform any "exceptiongroup>=1" "tomli>=1"
+for v in 3.10 3.11 3.12 3.13; do
+  for name in "${COMPILED[@]}"; do
+    dl --python-version "$v" --implementation cp --platform manylinux_2_28_x86_64 \
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$(pin "$name")"
+  done
+done
+# antlr4-python3-runtime 4.9.3 exists only as an sdist, which pip --no-index cannot build there
+$PY -m pip wheel -q --no-deps -w "$OUTDIR.tmp" "$(pin antlr4-python3-runtime)" 2>&1 | grep -v "^WARNING: Location" || true
+bad=$(find "$OUTDIR.tmp" -type f ! -name '*.whl')
 [ -z "$bad" ] || { echo "not a wheel: $bad" >&2; exit 1; }
-echo "$OUTDIR: $(ls "$OUTDIR" | wc -l) wheels ($(du -sh "$OUTDIR" | cut -f1)); carry it to the GPU machine as tests/gpu/wheelhouse"
+for v in 310 311 312 313; do
+  for name in "${COMPILED[@]}"; do
+    ls "$OUTDIR.tmp" | grep -iqE "^${name}-.*-(cp$v|cp3[0-9]*-abi3|abi3)" \
+      || ls "$OUTDIR.tmp" | grep -iqE "^${name}-.*abi3" || { echo "no $name wheel for cp$v" >&2; exit 1; }
+  done
+done
+mib=$(( ($(du -sb "$OUTDIR.tmp" | cut -f1) + 1048575) / 1048576 ))
+[ "$mib" -le "$LIMIT_MIB" ] || { echo "wheelhouse is $mib MiB, over the $LIMIT_MIB MiB that can travel" >&2; exit 1; }
+rm -rf "$OUTDIR" && mv "$OUTDIR.tmp" "$OUTDIR"
+echo "$OUTDIR: $(ls "$OUTDIR" | wc -l) wheels, $mib MiB (limit $LIMIT_MIB); carry it as tests/gpu/wheelhouse"

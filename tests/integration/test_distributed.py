@@ -202,7 +202,7 @@ def layout(refs, name: str, rank: int) -> dict:
 
 
 def test_full_shard_params_are_dtensors_sharded_on_dim0(runner, refs):
-    # accelerate alone would have run DDP on CPU: the adaptation (vicuna_sft/fsdp_cpu.py) switched it
+    # accelerate alone would have run DDP on CPU: the adaptation (vicuna_sft/compat/accelerate.py) switched it
     assert (runner.root / "fsdp.log").read_text().count("FSDP2 enabled on CPU over gloo (2 processes)") == 2
     r0, r1 = layout(refs, "fsdp", 0), layout(refs, "fsdp", 1)
     assert r0["params"].keys() == r1["params"].keys() and len(r0["params"]) > 10

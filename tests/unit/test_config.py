@@ -17,11 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from vicuna_sft import config as C
+from vicuna_sft.compat.transformers import checkpointing_argument
 from vicuna_sft.config import register_configs, to_config
 from vicuna_sft.training.arguments import to_training_arguments
 from vicuna_sft.validation import ConfigError, gradient_accumulation
 
 WRAP = ["LlamaDecoderLayer"]  # what LlamaForCausalLM._no_split_modules names
+CKPT = checkpointing_argument()  # activation_checkpointing (transformers >= 5.24) or gradient_checkpointing
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
@@ -160,7 +162,7 @@ def test_vicuna_7b_experiment_is_fastchats_recipe(make, recorded):
     assert kw["fsdp"] is True and kw["fsdp_config"]["version"] == 2
     assert kw["fsdp_config"]["transformer_layer_cls_to_wrap"] == WRAP
     assert kw["fsdp_config"]["activation_checkpointing"] is True
-    assert kw["activation_checkpointing"] is False  # under FSDP it belongs to FSDP
+    assert kw[CKPT] is False  # under FSDP it belongs to FSDP
 
 
 EVERY_FIELD = [
@@ -222,7 +224,7 @@ def test_every_field_lands_in_the_real_training_arguments(make):
         "data_seed": 123,
         "dataloader_num_workers": 1,
         "report_to": [],
-        "activation_checkpointing": True,
+        CKPT: True,
         "use_cpu": True,
         "bf16": False,
         "fp16": False,
@@ -241,7 +243,7 @@ def test_defaults_land_in_the_real_training_arguments(make):
     assert args.lr_scheduler_type.value == "cosine" and args.max_grad_norm == 1.0
     assert args.per_device_eval_batch_size == args.per_device_train_batch_size == 2  # eval: same as train
     assert args.eval_strategy.value == "no" and args.save_total_limit is None
-    assert args.report_to == ["tensorboard"] and args.activation_checkpointing is False and not args.fsdp
+    assert args.report_to == ["tensorboard"] and getattr(args, CKPT) is False and not args.fsdp
 
 
 @pytest.mark.parametrize(
@@ -283,9 +285,9 @@ def test_max_steps_and_epochs(make, recorded):
 
 def test_activation_checkpointing_without_and_with_fsdp(make, recorded):
     plain = recorded(to_config(make("model.activation_checkpointing=true")))
-    assert plain["activation_checkpointing"] is True and "fsdp" not in plain
+    assert plain[CKPT] is True and "fsdp" not in plain
     sharded = recorded(to_config(make("model.activation_checkpointing=true", "fsdp=full_shard")))
-    assert sharded["activation_checkpointing"] is False
+    assert sharded[CKPT] is False
     assert sharded["fsdp_config"]["activation_checkpointing"] is True
 
 

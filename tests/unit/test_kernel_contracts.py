@@ -84,6 +84,10 @@ def _gqa_5d(requires_grad):
 VIOLATIONS = {
     # varlen_attn
     "varlen.signature": lambda: _varlen(dropout_p=0.1),
+    # the call torch 2.13 needs (enable_gqa=True) is a TypeError under torch 2.11
+    "varlen.signature_2_11": lambda: kc.varlen_attn_2_11(
+        *_packed(), CU, CU, 5, 5, window_size=(-1, 0), enable_gqa=True
+    ),
     "varlen.gqa_heads": lambda: _varlen(enable_gqa=False),
     "varlen.window": lambda: _varlen(window_size=[-1, 0]),  # a list: is_causal would be False
     "varlen.layout": lambda: _varlen(query=_packed()[0][None]),
@@ -202,3 +206,16 @@ def test_backward_runs_through_the_stand_ins():
     assert q.grad is not None and k.grad.shape == k.shape
     out = _xformers()
     out.float().sum().backward()
+
+
+@pytest.mark.parametrize("release", sorted(kc.VARLEN_ATTN))
+def test_the_compat_call_fits_each_torch_signature(release, monkeypatch):
+    """vicuna_sft.compat.torch passes `enable_gqa` only to a varlen_attn that takes it: the same
+    grouped-query call is accepted by the 2.11 and the 2.13 signatures, with the same result."""
+    from vicuna_sft.compat import torch as compat_torch
+
+    monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", kc.VARLEN_ATTN[release])
+    q, k, v = _packed()
+    out = compat_torch.varlen_attn(q, k, v, CU, CU, 5, 5, window_size=(-1, 0), enable_gqa=True)
+    ref = kc.varlen_attn(q, k, v, CU, CU, 5, 5, window_size=(-1, 0), enable_gqa=True)
+    assert torch.equal(out, ref)

@@ -70,6 +70,12 @@ def test_flops_model_refuses_configs_it_does_not_know():
         ("NVIDIA A100 80GB PCIe", 312),
         ("NVIDIA L40S", 362),
         ("NVIDIA L4", 121),
+        # whole words: a name's variant is not its base device, nor the reverse
+        ("NVIDIA H200 NVL", 835),
+        ("NVIDIA L40", 181),
+        ("NVIDIA A10", 125),
+        ("NVIDIA A10G", 70),
+        ("NVIDIA A1000", None),
         ("Tesla T4", None),  # unknown: no claim
         ("NVIDIA GeForce RTX 4090", None),
     ],

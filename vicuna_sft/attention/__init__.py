@@ -20,6 +20,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from ..compat.transformers import passes_attention_sinks
 from ..config import AttentionImpl, Padding
 from ..errors import UserError
 
@@ -203,23 +204,6 @@ def active_window(sliding_window: int | None, length: int) -> int | None:
     return int(sliding_window)
 
 
-def uses_attention_sinks(model_config: Any) -> bool:
-    """True for models whose transformers code hands the attention function learned sinks (`s_aux=`,
-    e.g. gpt_oss): no kernel of ours computes them. Read from the model's own modeling module, which
-    is what passes them; models transformers does not know (remote code) are not covered here and
-    rely on the runtime refusal in `refuse_unsupported`."""
-    import inspect
-    import sys
-
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    try:
-        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(model_config)]
-    except (KeyError, ValueError):
-        return False
-    return "s_aux=" in inspect.getsource(sys.modules[model_class.__module__])
-
-
 def refuse_model_features(variant: str, model_config: Any, *, softcap: bool, sinks: bool) -> None:
     """Build-time refusal of a model whose attention `variant` cannot compute like eager does."""
     problems = []
@@ -227,7 +211,7 @@ def refuse_model_features(variant: str, model_config: Any, *, softcap: bool, sin
         problems.append(
             f"attention logit softcapping (attn_logit_softcapping={model_config.attn_logit_softcapping})"
         )
-    if sinks and uses_attention_sinks(model_config):
+    if sinks and passes_attention_sinks(model_config):
         problems.append("learned attention sinks (s_aux)")
     if problems:
         model_type = getattr(model_config, "model_type", "?")

@@ -106,7 +106,7 @@ def prepare(model: Any) -> Any:
 
 # Kernel entry points, looked up at call time so that CPU tests can substitute a reference.
 def _varlen_attn(*args: Any, **kwargs: Any) -> Any:
-    from torch.nn.attention.varlen import varlen_attn
+    from ..compat.torch import varlen_attn
 
     return varlen_attn(*args, **kwargs)
 

@@ -11,12 +11,12 @@ padding: `position_ids` restart at 0 for each sample, the first label of each sa
 when the mask is absent (and only without a KV cache; see `vicuna_sft.attention.guard_packed`).
 """
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..compat.transformers import quiet_token_count_fallback
 from ..config import Padding
 from .encode import IGNORE_INDEX
 
@@ -37,7 +37,7 @@ class Collator:
 
     def __post_init__(self) -> None:
         if self.padding == Padding.packed:
-            _quiet_token_count_fallback()
+            quiet_token_count_fallback()
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if self.padding == Padding.packed:
@@ -52,19 +52,6 @@ class Collator:
             labels[row, :n] = torch.as_tensor(f["labels"])
             attention_mask[row, :n] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-
-
-class _DropTokenCountFallback(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Could not determine method to count non-padding tokens" not in record.getMessage()
-
-
-def _quiet_token_count_fallback() -> None:
-    """Packed rows carry no attention_mask, so the Trainer's non-padding token count falls back to
-    counting every token, which for a row without padding is exact; it would still warn every step."""
-    logger = logging.getLogger("transformers.trainer")
-    if not any(isinstance(f, _DropTokenCountFallback) for f in logger.filters):
-        logger.addFilter(_DropTokenCountFallback())
 
 
 def pack(features: list[dict[str, Any]]) -> dict[str, Any]:

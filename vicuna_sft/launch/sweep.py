@@ -209,7 +209,10 @@ def register_sweeper() -> None:
     from hydra.core.plugins import Plugins
 
     Plugins.instance()  # the scan
-    from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+    try:
+        from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+    except ImportError:  # an environment installed without it (the GPU check's): no optuna option
+        return
 
     @dataclass
     class OptunaSearchConf(OptunaSweeperConf):

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from ..compat.transformers import checkpointing_argument
 from ..config import Config, FsdpStrategy, Precision, Strategy
 from ..process import layout
 from ..validation import ConfigError, gradient_accumulation
@@ -56,12 +57,25 @@ def fsdp_arguments(
     }
 
 
+def runs_on_cpu(cfg: Config) -> bool:
+    """trainer.use_cpu, else CPU exactly when no CUDA device is visible."""
+    import torch
+
+    return cfg.trainer.use_cpu if cfg.trainer.use_cpu is not None else not torch.cuda.is_available()
+
+
 def check_fsdp(cfg: Config) -> None:
     """The FSDP refusals of `fsdp_arguments`, before any process starts or any data is encoded
     (the wrap class is only known once the model loads: a placeholder stands in for it here)."""
     import torch
 
-    fsdp_arguments(cfg, ["<model layer>"], *layout(cfg), torch.cuda.is_available())
+    fsdp = fsdp_arguments(cfg, ["<model layer>"], *layout(cfg), torch.cuda.is_available())
+    if fsdp and runs_on_cpu(cfg):  # FSDP on CPU processes rests on the adaptation's tested accelerate range
+        import accelerate
+
+        from ..compat.accelerate import check_version
+
+        check_version(accelerate.__version__)
 
 
 def to_training_arguments(cfg: Config, wrap_classes: list[str] | None = None) -> Any:
@@ -96,7 +110,6 @@ def to_training_arguments(cfg: Config, wrap_classes: list[str] | None = None) ->
         bf16=precision == Precision.bf16,
         fp16=precision == Precision.fp16,
         tf32=t.tf32,
-        activation_checkpointing=bool(cfg.model.activation_checkpointing and not fsdp),
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_strategy=t.save_strategy.value,
@@ -110,8 +123,9 @@ def to_training_arguments(cfg: Config, wrap_classes: list[str] | None = None) ->
         dataloader_num_workers=t.dataloader_num_workers,
         report_to=list(t.report_to),
         # CPU-only torchrun: without use_cpu every rank silently trains alone as world size 1
-        use_cpu=t.use_cpu if t.use_cpu is not None else not torch.cuda.is_available(),
+        use_cpu=runs_on_cpu(cfg),
         remove_unused_columns=False,  # our datasets hold exactly the model inputs
         include_num_input_tokens_seen="non_padding",
+        **{checkpointing_argument(): bool(cfg.model.activation_checkpointing and not fsdp)},
         **fsdp,
     )

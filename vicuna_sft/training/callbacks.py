@@ -16,7 +16,7 @@ from .checkpoint import (
     write_failure,
     write_fingerprint,
 )
-from .plots import LossPlot
+from .plots import LossPlot, plotting_available
 from .preemption import StopOnSignal
 from .throughput import Throughput
 from .train import AlreadyFinished
@@ -116,7 +116,7 @@ def build_callbacks(
         CheckpointCompleteCallback(fingerprint, save_total_limit),
         StopWhenFinished(),
         Throughput(),
-        LossPlot(),
+        *([LossPlot()] if plotting_available() else []),
         LogLastStep(),
         *([stop] if stop else []),
     ]

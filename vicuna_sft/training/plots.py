@@ -5,16 +5,29 @@ pyplot global state, the same on a headless node as on a laptop."""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 from typing import Any
 
 from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
 
 PLOTS_DIR = "plots"
 LOSS_PLOT = "loss.png"
 
 # Line2D labels: tests read the plotted data back by these
 TRAIN_LOSS, EVAL_LOSS, LEARNING_RATE = "train loss", "eval loss", "learning rate"
+
+
+def plotting_available() -> bool:
+    """matplotlib is a dependency, but an environment installed without it (the GPU check's minimal
+    wheelhouse) still trains: the run then draws no plots, and says so once."""
+    if importlib.util.find_spec("matplotlib") is not None:
+        return True
+    log.warning("matplotlib is not installed: no plots/loss.png for this run")
+    return False
 
 
 def series(log_history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

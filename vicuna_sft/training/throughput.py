@@ -29,9 +29,12 @@ from ..data.encode import IGNORE_INDEX
 log = logging.getLogger("vicuna_sft")
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak per device, TFLOP/s, from the vendors' data sheets.
-# Matched in order against torch.cuda.get_device_name(): specific names before their prefixes.
+# Matched in order against the whole words of torch.cuda.get_device_name() ("-" separates words
+# too: "NVIDIA A100-SXM4-80GB"), so "L4" is not "L40" and "A10" is not "A100"; a variant before
+# its base name ("H200 NVL" before "H200").
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("GH200", 989.0),
+    ("H200 NVL", 835.0),
     ("H200", 989.0),
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
@@ -40,6 +43,7 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("A100", 312.0),  # SXM4 and PCIe
     ("A800", 312.0),
     ("L40S", 362.0),
+    ("L40", 181.0),
     ("L4", 121.0),
     ("A10G", 70.0),
     ("A10", 125.0),
@@ -51,8 +55,10 @@ def peak_flops(device_name: str, half_precision: bool) -> float | None:
     fp32 training has no entry: its peak depends on TF32 settings per kernel."""
     if not half_precision:
         return None
+    words = device_name.replace("-", " ").split()
     for pattern, tflops in PEAK_TFLOPS:
-        if pattern in device_name:
+        p = pattern.split()
+        if any(words[i : i + len(p)] == p for i in range(len(words))):
             return tflops * 1e12
     return None
 

@@ -1,4 +1,4 @@
-"""The Trainer every run uses: transformers' own, plus the CPU FSDP2 adaptation (fsdp_cpu.py),
+"""The Trainer every run uses: transformers' own, plus the CPU FSDP2 adaptation (compat/accelerate.py),
 which is a no-op on GPU machines and whenever FSDP is not asked for, and a checkpoint write that
 fails (a full disk) stopping the run with one line, its partial checkpoint set aside."""
 
@@ -10,7 +10,8 @@ from transformers import Trainer as _HFTrainer
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 
-from . import checkpoint, fsdp_cpu
+from ..compat import accelerate as accelerate_compat
+from . import checkpoint
 from .throughput import EtaProgress, Throughput
 
 
@@ -43,14 +44,12 @@ class Trainer(_HFTrainer):
             raise checkpoint.write_failure(self.args.output_dir, path, e) from e
 
     def create_accelerator_and_postprocess(self) -> None:
-        parallelism = fsdp_cpu.defer_parallelism(self)
+        parallelism = accelerate_compat.defer_parallelism(self)
         super().create_accelerator_and_postprocess()
-        fsdp_cpu.enable(self, parallelism)
+        accelerate_compat.enable(self, parallelism)
 
 
 def release(trainer: Any) -> None:
     """Forget process-wide accelerate state so the next job of a sweep starts as it would alone."""
-    from accelerate.state import AcceleratorState
-
     trainer.accelerator.free_memory()
-    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerate_compat.reset_state()

@@ -1,6 +1,6 @@
-"""FSDP2 on CPU (gloo): the one adaptation of accelerate this package makes.
+"""accelerate: FSDP2 on CPU processes (gloo), and forgetting the process-wide state between jobs.
 
-accelerate 1.15 turns FSDP on only for GPU-like device types: on a CPU-only machine a Trainer
+accelerate (1.15 and 1.16 alike) turns FSDP on only for GPU-like device types: on a CPU-only machine a Trainer
 with `fsdp=True` gets a MULTI_CPU (DDP) accelerator and silently trains unsharded. After the
 Trainer has created its accelerator, `enable()` switches that state to FSDP with the plugin the
 Trainer would have used (mixed precision copied from the accelerator), in both AcceleratorState
@@ -20,11 +20,13 @@ import logging
 from typing import Any
 
 from ..errors import UserError
+from .transformers import checkpointing_enabled
 
 log = logging.getLogger(__name__)
 
-# the accelerate releases this adaptation was written and tested against (tests/unit/test_distributed_units.py, tests/integration/test_distributed.py)
-TESTED_ACCELERATE = ((1, 10), (1, 16))  # [min, max)
+# the accelerate releases this adaptation was written and tested against, [min, max): 1.15 by CI's
+# oldest-pins job, 1.16 by the lock (tests/unit/test_distributed_units.py, tests/integration/test_distributed.py)
+TESTED = ((1, 15), (1, 17))
 
 
 class UnsupportedAccelerate(UserError, RuntimeError):
@@ -45,7 +47,7 @@ def needed(trainer: Any) -> bool:
 
 def check_version(version: str) -> None:
     major_minor = tuple(int(x) for x in version.split(".")[:2])
-    low, high = TESTED_ACCELERATE
+    low, high = TESTED
     if not (low <= major_minor < high):
         raise UnsupportedAccelerate(
             f"FSDP on CPU relies on an adaptation tested with accelerate >={low[0]}.{low[1]},<{high[0]}.{high[1]}; "
@@ -87,7 +89,7 @@ def enable(trainer: Any, parallelism: Any = None) -> bool:
     trainer.is_fsdp_enabled = True
     if parallelism is not None:
         attach_parallelism(trainer, parallelism)
-    if plugin.activation_checkpointing and trainer.args.activation_checkpointing:
+    if plugin.activation_checkpointing and checkpointing_enabled(trainer.args):
         raise UserError(
             "FSDP activation checkpointing and the Trainer's activation_checkpointing are exclusive"
         )
@@ -103,3 +105,11 @@ def attach_parallelism(trainer: Any, parallelism: Any) -> None:
     state.device_mesh = parallelism.get_device_mesh(state.device.type)
     parallelism._validate_accelerator(trainer.accelerator)
     trainer.args.parallelism_config = parallelism
+
+
+def reset_state() -> None:
+    """Forget the process-wide accelerate state (a singleton shared by every Accelerator), so the
+    next job of a sweep in this process starts as it would alone."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -1,0 +1,85 @@
+"""transformers: the names and internals that differ across the supported releases.
+
+- TrainingArguments' activation checkpointing flag: `gradient_checkpointing` up to 5.23,
+  `activation_checkpointing` from 5.24 (the old name then warns as deprecated).
+- `apply_chat_template(sanitize_control_tokens=True)` (5.20+) keeps a special token's text typed in
+  a message (a literal "</s>") as text. Older releases swallow the keyword silently, so the text
+  would become the token itself: refused there rather than silently wrong.
+- Two internals the package leans on: which modeling modules pass learned attention sinks
+  (`s_aux=`) to the attention function, and the Trainer's log message for the non-padding token
+  count it cannot compute on packed rows (exact anyway: a packed row has no padding).
+"""
+
+import functools
+import inspect
+import logging
+import sys
+from typing import Any
+
+from ..errors import UserError
+
+TESTED = ((5, 17), (5, 26))  # [min, max): the releases CI runs (requirements/*.lock)
+
+
+@functools.cache
+def checkpointing_argument() -> str:
+    """The TrainingArguments field that turns on activation (gradient) checkpointing."""
+    from transformers import TrainingArguments
+
+    names = inspect.signature(TrainingArguments).parameters  # 5.17: not a dataclass
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def checkpointing_enabled(args: Any) -> bool:
+    return bool(getattr(args, checkpointing_argument()))
+
+
+def keeps_control_token_text(tokenizer: Any) -> bool:
+    return "sanitize_control_tokens" in inspect.signature(tokenizer.apply_chat_template).parameters
+
+
+def chat_template_ids(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
+    """Token ids of `messages` through the tokenizer's chat template, special-token text typed in a
+    message kept as text."""
+    if keeps_control_token_text(tokenizer):
+        kwargs["sanitize_control_tokens"] = True
+    else:
+        specials = [t for t in tokenizer.all_special_tokens if t]
+        for m in messages:
+            content = m.get("content")
+            typed = [t for t in specials if isinstance(content, str) and t in content]
+            if typed:
+                import transformers
+
+                raise UserError(
+                    f"a {m.get('role', '?')} message contains the special token text {typed[0]!r}: transformers "
+                    f"{transformers.__version__} cannot keep it as text (sanitize_control_tokens needs >= 5.20)"
+                )
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+    return list(out["input_ids"])
+
+
+def passes_attention_sinks(model_config: Any) -> bool:
+    """True for models whose transformers code hands the attention function learned sinks (`s_aux=`,
+    e.g. gpt_oss), read from the model's own modeling module; models transformers does not know
+    (remote code) are not covered here and rely on the runtime refusal of the attention variants."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(model_config)]
+    except (KeyError, ValueError):
+        return False
+    return "s_aux=" in inspect.getsource(sys.modules[model_class.__module__])
+
+
+class _DropTokenCountFallback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Could not determine method to count non-padding tokens" not in record.getMessage()
+
+
+def quiet_token_count_fallback() -> None:
+    """Packed rows carry no attention_mask, so the Trainer's non-padding token count falls back to
+    counting every token, which for a row without padding is exact; it would still warn every step."""
+    logger = logging.getLogger("transformers.trainer")
+    if not any(isinstance(f, _DropTokenCountFallback) for f in logger.filters):
+        logger.addFilter(_DropTokenCountFallback())
