@@ -8,6 +8,7 @@ this module never branches on one (a test enforces it).
 import logging
 from typing import Any
 
+from .compat.transformers import no_split_modules
 from .config import Config, save_config
 from .data.dataset import build_datasets, report_data
 from .data.sources import data_digests
@@ -34,7 +35,7 @@ def run(cfg: Config) -> dict[str, Any]:
     data = build_datasets(cfg.data, tokenizer, seed=cfg.trainer.seed)
     report_data(data.stats, out)
     model = load_model(cfg)
-    args = to_training_arguments(cfg, wrap_classes=list(model._no_split_modules or []))
+    args = to_training_arguments(cfg, wrap_classes=no_split_modules(model))
 
     from .training.callbacks import build_callbacks
     from .training.preemption import StopOnSignal

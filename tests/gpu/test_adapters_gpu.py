@@ -9,6 +9,8 @@ import importlib.util
 import pytest
 import torch
 
+from vicuna_sft.compat.transformers import no_split_modules
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -60,7 +62,7 @@ def test_qlora_on_cuda(tmp_path, tiny_dir):
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         n for n, _ in model.named_parameters() if "lora_" in n
     }
-    args = to_training_arguments(cfg, wrap_classes=list(model._no_split_modules or []))
+    args = to_training_arguments(cfg, wrap_classes=no_split_modules(model))
     trainer = Trainer(
         model=model,
         args=args,

@@ -15,6 +15,8 @@ import sys
 
 import torch
 
+from vicuna_sft.compat.transformers import no_split_modules
+
 
 def run(kind: str, model_dir: str, samples: list[dict], out_dir: str) -> dict:
     from accelerate.state import AcceleratorState
@@ -71,7 +73,7 @@ def run(kind: str, model_dir: str, samples: list[dict], out_dir: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     trainer = Trainer(
         model=model,
-        args=to_training_arguments(cfg, wrap_classes=list(model._no_split_modules)),  # world size: torchrun's
+        args=to_training_arguments(cfg, wrap_classes=no_split_modules(model)),  # world size: torchrun's
         train_dataset=samples,
         eval_dataset=samples,
         data_collator=Collator(pad_id_for(tokenizer), cfg.data.padding, cfg.data.max_length),

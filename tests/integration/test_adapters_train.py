@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vicuna_sft.compat.transformers import no_split_modules
+
 pytestmark = pytest.mark.slow
 
 FAST = [
@@ -59,7 +61,7 @@ def build_trainer(cfg):
     tokenizer = load_tokenizer(cfg.model)
     data = build_datasets(cfg.data, tokenizer, seed=cfg.trainer.seed)
     model = load_model(cfg)
-    args = to_training_arguments(cfg, wrap_classes=list(model._no_split_modules or []))
+    args = to_training_arguments(cfg, wrap_classes=no_split_modules(model))
     trainer = Trainer(
         model=model,
         args=args,

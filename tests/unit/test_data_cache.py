@@ -155,6 +155,38 @@ def test_incomplete_entries_and_leftover_temp_dirs_are_never_used(bpe_tokenizer,
     )
 
 
+def _arrow(entry: pathlib.Path) -> pathlib.Path:
+    return next((entry / "train").glob("*.arrow"))
+
+
+DAMAGE = {
+    "truncated arrow": lambda e, other: _arrow(e).write_bytes(_arrow(e).read_bytes()[:100]),
+    "missing state.json": lambda e, other: (e / "train" / "state.json").unlink(),
+    "missing split": lambda e, other: shutil.rmtree(e / "train"),
+    # the same layout from another entry (another max_length): sizes may even agree, contents don't
+    "arrow of another entry": lambda e, other: shutil.copyfile(_arrow(other), _arrow(e)),
+    "garbage manifest": lambda e, other: (e / "manifest.json").write_text("{"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGE))
+def test_a_damaged_or_swapped_entry_is_reported_and_encoded_again(
+    how, bpe_tokenizer, data_file, tmp_path, caplog
+):
+    cfg = DataConfig(path=data_file, max_length=128, cache_dir=str(tmp_path / "c"))
+    first = build_datasets(cfg, bpe_tokenizer, seed=0)
+    other = build_datasets(dataclasses.replace(cfg, max_length=96), bpe_tokenizer, seed=0)
+    expected = rows(first.train)
+    entry = pathlib.Path(first.cache["path"])
+    DAMAGE[how](entry, pathlib.Path(other.cache["path"]))
+    caplog.set_level("WARNING", logger="vicuna_sft.data.cache")
+    again = build_datasets(cfg, bpe_tokenizer, seed=0)
+    assert again.cache["hit"] is False and again.cache["path"] == str(entry)
+    assert [r for r in caplog.messages if "is damaged" in r and "encoding it again" in r]
+    assert rows(again.train) == expected and cache.damage(str(entry)) is None
+    assert build_datasets(cfg, bpe_tokenizer, seed=0).cache["hit"] is True  # and trusted from then on
+
+
 WORKER = """
 import json, os, sys, time, logging
 logging.basicConfig(level=logging.INFO, format="%(message)s")

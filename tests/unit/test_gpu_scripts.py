@@ -23,18 +23,18 @@ def test_step_budgets_fit_the_device_limit():
     assert all(f"step_{name}()" in text for name in budgets)
 
 
-def test_every_step_runs_after_a_failure_and_the_summary_says_which(tmp_path):
-    # a python that fails every call: setup fails, the others still run (and fail or skip)
+def run_with_a_failing_python(tmp_path, **env):
+    """The script with a `python` that fails every call."""
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\nexit 3\n")
     fake.chmod(0o755)
-    proc = subprocess.run(
-        ["bash", str(SCRIPT)],
-        env={**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), **env}
+    return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_every_step_runs_after_a_failure_and_the_summary_says_which(tmp_path):
+    # setup fails, the others still run (and fail, or skip for lack of their package)
+    proc = run_with_a_failing_python(tmp_path)
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
     summary = out[out.index("== summary") :].splitlines()[1:]
@@ -49,14 +49,5 @@ def test_every_step_runs_after_a_failure_and_the_summary_says_which(tmp_path):
 
 
 def test_setup_only_stops_after_setup(tmp_path):
-    fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\nexit 3\n")
-    fake.chmod(0o755)
-    proc = subprocess.run(
-        ["bash", str(SCRIPT)],
-        env={**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), "SETUP_ONLY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_with_a_failing_python(tmp_path, SETUP_ONLY="1")
     assert proc.returncode == 1 and "== pytest" not in proc.stdout, proc.stdout

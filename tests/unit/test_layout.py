@@ -129,3 +129,25 @@ def test_no_test_switch_in_the_package():
         text=True,
     )
     assert r.stdout == "", r.stdout
+
+
+# `x._name` outside vicuna_sft/compat/: only the package's own private names (issue 16: every use of a
+# library's private attribute sits in compat/, one module per library, with its tested range)
+OWN_PRIVATE = {"_exit", "_encode_untruncated", "_store", "_vicuna_sft_loss", "_vicuna_sft_packed_guard"}
+
+
+def test_library_internals_are_reached_only_from_compat():
+    found = []
+    for name, path in modules().items():
+        if name.startswith("vicuna_sft.compat"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                and node.attr not in OWN_PRIVATE
+            ):
+                found.append(f"{name}:{node.lineno} .{node.attr}")
+    assert not found, found

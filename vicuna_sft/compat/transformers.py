@@ -5,14 +5,17 @@
 - `apply_chat_template(sanitize_control_tokens=True)` (5.20+) keeps a special token's text typed in
   a message (a literal "</s>") as text. Older releases swallow the keyword silently, so the text
   would become the token itself: refused there rather than silently wrong.
-- Two internals the package leans on: which modeling modules pass learned attention sinks
-  (`s_aux=`) to the attention function, and the Trainer's log message for the non-padding token
+- The internals the package leans on: a model's `_no_split_modules` (its decoder layer class,
+  what FSDP wraps); the Trainer's `_save_checkpoint` (the one place a checkpoint is written, so a
+  failed write can be turned into one line); which modeling modules pass learned attention sinks
+  (`s_aux=`) to the attention function; and the Trainer's log message for the non-padding token
   count it cannot compute on packed rows (exact anyway: a packed row has no padding).
 """
 
 import functools
 import inspect
 import logging
+import os
 import sys
 from typing import Any
 
@@ -57,6 +60,26 @@ def chat_template_ids(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: 
                 )
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
     return list(out["input_ids"])
+
+
+def no_split_modules(model: Any) -> list[str]:
+    """The class names of the model's layers that must stay whole (FSDP's wrap unit)."""
+    return list(getattr(model, "_no_split_modules", None) or [])
+
+
+class CheckpointWriteHook:
+    """Mixed into the Trainer: `on_checkpoint_write_failure(path, error)` gets a checkpoint write
+    that raised (a full disk: torch.save reports it as a RuntimeError) and returns what to raise."""
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        try:
+            super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        except (OSError, RuntimeError) as e:
+            path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")  # type: ignore[attr-defined]
+            raise self.on_checkpoint_write_failure(path, e) from e
+
+    def on_checkpoint_write_failure(self, path: str, error: BaseException) -> BaseException:
+        return error
 
 
 def passes_attention_sinks(model_config: Any) -> bool:

@@ -1,7 +1,10 @@
 """Encode once: encoded datasets stored in a cache directory, keyed by everything that changes them.
 
 An entry is `<cache_dir>/<key>/` holding `train/` and `eval/` (`datasets.Dataset.save_to_disk`:
-Arrow files, memory-mapped when loaded), `stats.json` and `key.json` (the key's inputs, for people).
+Arrow files, memory-mapped when loaded), `stats.json`, `key.json` (the key's inputs, for people) and,
+written last, `manifest.json`: every other file's size and xxh3-128. An entry is used only when
+every file still matches its manifest (as checkpoints are); a damaged or swapped entry (a truncated
+or replaced `.arrow`, a missing `state.json` or split directory) is reported and encoded again.
 The key is a sha256 of: each data file's content (sources.file_digest) with its weight and
 system prompt, the eval file's content or the eval fraction and seed, `on_error`, the tokenizer
 (its files and its serialized form), the template, `max_length`, the long-conversation mode and
@@ -35,7 +38,7 @@ from . import sources
 
 log = logging.getLogger(__name__)
 
-STATS_FILE, KEY_FILE = "stats.json", "key.json"
+STATS_FILE, KEY_FILE, MANIFEST_FILE = "stats.json", "key.json", "manifest.json"
 LEADER_GRACE_S = 30.0
 # the modules whose code decides the encoded samples (a change to any of them is a new entry)
 CODE_FILES = ("conversation.py", "encode.py", "records.py", "sources.py", "dataset.py", "cache.py")
@@ -114,7 +117,56 @@ class Entry:
 
 
 def _complete(entry: str) -> bool:
-    return os.path.isfile(os.path.join(entry, STATS_FILE))
+    return os.path.isfile(os.path.join(entry, MANIFEST_FILE))
+
+
+def _files(entry: str) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, f), entry)
+        for d, _, names in os.walk(entry)
+        for f in names
+        if not (d == entry and f == MANIFEST_FILE)
+    )
+
+
+def _write_manifest(entry: str) -> None:
+    files = {
+        rel: {
+            "size": os.path.getsize(os.path.join(entry, rel)),
+            "xxh3_128": sources.file_digest(os.path.join(entry, rel)),
+        }
+        for rel in _files(entry)
+    }
+    with open(os.path.join(entry, MANIFEST_FILE), "w", encoding="utf-8") as f:
+        json.dump(files, f, indent=1, sort_keys=True)
+
+
+def damage(entry: str) -> str | None:
+    """What is wrong with a complete entry (None: every file matches its manifest)."""
+    try:
+        with open(os.path.join(entry, MANIFEST_FILE), encoding="utf-8") as f:
+            files = json.load(f)
+        assert isinstance(files, dict) and files
+    except (OSError, ValueError, AssertionError):
+        return "unreadable manifest"
+    for rel, want in sorted(files.items()):
+        path = os.path.join(entry, rel)
+        if not os.path.isfile(path):
+            return f"{rel} is missing"
+        if os.path.getsize(path) != want.get("size"):
+            return f"{rel} has {os.path.getsize(path)} bytes, the manifest says {want.get('size')}"
+        if sources.file_digest(path) != want.get("xxh3_128"):
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def _usable(entry: str) -> bool:
+    if not _complete(entry):
+        return False
+    problem = damage(entry)
+    if problem:
+        log.warning("data cache: %s is damaged (%s): encoding it again", entry, problem)
+    return problem is None
 
 
 def _load(entry: str, hit: bool) -> Entry:
@@ -149,7 +201,7 @@ def load_or_build(
     from filelock import FileLock, Timeout
 
     entry = os.path.join(cache_dir, key_of(inputs))
-    if _complete(entry):
+    if _usable(entry):
         log.info("data cache hit: %s", entry)
         return _load(entry, hit=True)
     os.makedirs(cache_dir, exist_ok=True)
@@ -162,7 +214,7 @@ def load_or_build(
         log.info("data cache: waiting for another process encoding into %s", entry)
         lock.acquire()
     try:
-        if _complete(entry):  # another process (rank, run) finished it while we waited
+        if os.path.isdir(entry) and _usable(entry):  # another process (rank, run) finished it while we waited
             log.info("data cache hit: %s (encoded by another process)", entry)
             return _load(entry, hit=True)
         for stale in glob.glob(entry + ".tmp-*"):  # left by a killed writer; we hold the lock
@@ -177,9 +229,10 @@ def load_or_build(
                 ds.save_to_disk(os.path.join(tmp, name))
         with open(os.path.join(tmp, KEY_FILE), "w", encoding="utf-8") as f:
             json.dump(inputs, f, indent=2, sort_keys=True)
-        with open(os.path.join(tmp, STATS_FILE), "w", encoding="utf-8") as f:  # written last
+        with open(os.path.join(tmp, STATS_FILE), "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)
-        if os.path.isdir(entry):  # an incomplete directory not made by us: never trust it
+        _write_manifest(tmp)  # last: its presence marks the entry complete
+        if os.path.isdir(entry):  # incomplete or damaged (checked above, under the lock): never trusted
             shutil.rmtree(entry)
         os.rename(tmp, entry)
         log.info("data cache: stored %s in %.1f s", entry, time.perf_counter() - start)

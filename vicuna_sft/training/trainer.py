@@ -11,11 +11,12 @@ from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 
 from ..compat import accelerate as accelerate_compat
+from ..compat.transformers import CheckpointWriteHook
 from . import checkpoint
 from .throughput import EtaProgress, Throughput
 
 
-class Trainer(_HFTrainer):
+class Trainer(CheckpointWriteHook, _HFTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.pop_callback(ProgressCallback) is not None:  # None: tqdm disabled
@@ -36,12 +37,8 @@ class Trainer(_HFTrainer):
                     logs.update(callback.log_metrics(self.args.world_size))
         super().log(logs, start_time)
 
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        try:
-            super()._save_checkpoint(model, trial)
-        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-            path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
-            raise checkpoint.write_failure(self.args.output_dir, path, e) from e
+    def on_checkpoint_write_failure(self, path: str, error: BaseException) -> BaseException:
+        return checkpoint.write_failure(self.args.output_dir, path, error)  # the partial one set aside
 
     def create_accelerator_and_postprocess(self) -> None:
         parallelism = accelerate_compat.defer_parallelism(self)
