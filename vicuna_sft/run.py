@@ -13,6 +13,7 @@ from .config import Config, save_config
 from .data.dataset import build_datasets, report_data
 from .data.sources import data_digests
 from .errors import PREEMPTED_EXIT, Preempted
+from .model.identity import model_digests
 from .model.loading import load_model, load_tokenizer
 from .process import world_size
 from .training.arguments import to_training_arguments
@@ -26,8 +27,9 @@ log = logging.getLogger("vicuna_sft")
 
 def run(cfg: Config) -> dict[str, Any]:
     out = cfg.trainer.output_dir
-    # the data files' content is part of the math: hashed here (memoized), reused by the data cache
-    fingerprint = run_fingerprint(cfg, world_size(), data_digests(cfg.data))
+    # the data files' and the model's content are part of the math: hashed here (memoized on disk),
+    # the data digests reused by the data cache
+    fingerprint = run_fingerprint(cfg, world_size(), data_digests(cfg.data), model_digests(cfg.model))
     resume = resolve_resume(cfg.trainer.resume, out, fingerprint, cfg.trainer.resume_on_config_change)
     save_config(cfg, out)
 

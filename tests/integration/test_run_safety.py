@@ -162,6 +162,47 @@ def test_changed_data_under_the_same_path_is_refused(tmp_path, run_module, sampl
     assert "trainer.resume_on_config_change=true" in r.stderr and "trainer.resume=never" in r.stderr
 
 
+def _bump_first_weight(model_dir: pathlib.Path) -> None:
+    from safetensors.torch import save_file
+
+    weights = load_file(model_dir / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    ("changed", "extra"),
+    [
+        # the frozen base of an adapter run: resuming would merge the adapter into a base its
+        # first steps never saw
+        ("model.safetensors", ["adapter=lora"]),
+        ("tokenizer_config.json", []),
+    ],
+)
+def test_a_model_or_tokenizer_changed_in_place_is_refused(tmp_path, run_module, tiny_dir, changed, extra):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    args = [
+        *BASE,
+        "trainer.max_steps=2",
+        f"model.name_or_path={model}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *extra,
+    ]
+    r = run_module("vicuna_sft", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if changed == "model.safetensors":
+        _bump_first_weight(model)
+    else:  # still the same tokenizer to load, other bytes: the fingerprint cannot know it is harmless
+        config = json.loads((model / changed).read_text())
+        (model / changed).write_text(json.dumps({**config, "model_max_length": 4096}))
+    r = run_module("vicuna_sft", *args, cwd=tmp_path)  # the same command: only the file differs
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "refusing to resume" in r.stderr and f"model content ({model / changed}):" in r.stderr
+    assert r.stderr.count("in the checkpoint") == 1  # nothing else differs
+
+
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path, run_module):
     from vicuna_sft.launch.run_lock import LOCK_FILE
 

@@ -12,6 +12,7 @@ records only, after the eval split, so no copy of an eval record is trained on.
 fingerprint both use it, and it is computed once per file state (path, size, mtime).
 """
 
+import hashlib
 import math
 import os
 import random
@@ -21,7 +22,7 @@ from typing import Any
 
 import xxhash
 
-from ..config import DataConfig, SourceConfig
+from ..config import DataConfig, SourceConfig, cache_root
 from .conversation import Conversation
 from .records import DataError
 
@@ -43,9 +44,30 @@ def _hash(path: str) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=4096)
 def _digest(path: str, stamp: tuple[int, ...]) -> str:
-    return _hash(path)
+    """Memoized in memory and on disk (<cache root>/digests/): a file whose inode, size, mtime and
+    ctime are unchanged has unchanged bytes (ctime cannot be set back by a user), so a large model
+    or data file is read once across runs."""
+    key = hashlib.sha256(f"{path}\0{stamp}".encode()).hexdigest()[:32]
+    memo = os.path.join(cache_root(), "digests", key)
+    try:
+        with open(memo, encoding="ascii") as f:
+            value = f.read().strip()
+        if len(value) == 32:
+            return value
+    except OSError:
+        pass
+    value = _hash(path)
+    try:
+        os.makedirs(os.path.dirname(memo), exist_ok=True)
+        tmp = f"{memo}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(value)
+        os.replace(tmp, memo)
+    except OSError:  # a read-only cache root: in memory only
+        pass
+    return value
 
 
 # File timestamps are coarse (a few ms on ext4): a file rewritten within that window with the

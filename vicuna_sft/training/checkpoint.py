@@ -260,10 +260,16 @@ def rotate(output_dir: str, keep: int | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def run_fingerprint(cfg: Any, world_size: int, data_digests: dict[str, str] | None = None) -> dict[str, Any]:
+def run_fingerprint(
+    cfg: Any,
+    world_size: int,
+    data_digests: dict[str, str] | None = None,
+    model_digests: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """What a checkpoint's run must share with this one for resuming to continue the same math:
-    the config that shapes it, and the content of its data files (`data_digests`: path -> hash,
-    data.sources.data_digests), so a file changed under the same path is noticed."""
+    the config that shapes it, the content of its data files (`data_digests`: path -> hash,
+    data.sources.data_digests) and of the model's and tokenizer's files (`model_digests`,
+    model.identity), so a file changed under the same path is noticed."""
     from ..validation import gradient_accumulation
 
     m, d, t = cfg.model, cfg.data, cfg.trainer
@@ -288,6 +294,7 @@ def run_fingerprint(cfg: Any, world_size: int, data_digests: dict[str, str] | No
         **{f"optimizer.{k}": value(v) for k, v in vars(cfg.optimizer).items()},
         "data.long": value(d.long),
         **{f"data content ({path})": digest for path, digest in sorted((data_digests or {}).items())},
+        **{f"model content ({path})": digest for path, digest in sorted((model_digests or {}).items())},
         # what trains (and the frozen base's quantization): a checkpoint's adapter fits only its own config
         **{
             f"adapter.{k}": value(v) if not isinstance(v, list) else list(v)
