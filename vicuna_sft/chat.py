@@ -48,7 +48,11 @@ class ModelDir:
 
 def locate(path: str) -> ModelDir:
     """The model or adapter directory PATH names; a one-line ChatError when it names none."""
+    from .files import recover_dir
+
     p = os.path.expanduser(path)
+    for d in (p, os.path.join(p, "final"), os.path.join(p, "final_adapter")):
+        recover_dir(d)  # a save killed between its two renames leaves the old directory whole aside
     if not os.path.exists(p):
         raise ChatError(f"{path}: no such directory (give a run's final/ or an adapter directory)")
     if not os.path.isdir(p):

@@ -15,7 +15,7 @@ PKG = pathlib.Path(vicuna_sft.__file__).parent
 
 # layers, lowest first: a module may import its own layer's modules and lower layers only
 LAYERS = [
-    {"errors", "process", "compat"},
+    {"errors", "process", "compat", "files"},
     {"config"},
     {"validation"},
     {"attention", "data"},

@@ -263,6 +263,7 @@ def export(
     import shutil
 
     from ..data.conversation import CHAT_TEMPLATE
+    from ..files import replace_dir
 
     final = os.path.join(out, ADAPTER_DIR)
     partial = final + ".partial"
@@ -271,8 +272,7 @@ def export(
     model.save_pretrained(partial, state_dict=state_dict)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(partial)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
+    replace_dir(partial, final)
     log.info("adapter saved to %s (AutoPeftModelForCausalLM.from_pretrained)", final)
     if not cfg.adapter.merge:
         return None

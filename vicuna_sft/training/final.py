@@ -8,6 +8,7 @@ from typing import Any
 from ..config import Config, Dtype, Precision
 from ..data.conversation import CHAT_TEMPLATE
 from ..errors import UserError
+from ..files import replace_dir
 from ..model import adapters
 from ..model.loading import set_inference_pad_token
 from .checkpoint import apply_umask, write_error_reason
@@ -70,5 +71,4 @@ def _write(trainer: Any, tokenizer: Any, state_dict: dict, dtype: Any, final: st
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(partial)
     apply_umask(partial)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
+    replace_dir(partial, final)  # the old final/ whole until the new one is in
