@@ -99,6 +99,28 @@ def test_no_intact_checkpoint_left_is_a_clear_error(tmp_path, run_module, refere
     assert f"trainer.resume: {run / 'checkpoint-4'} is damaged (optimizer.pt has" in r.stderr
 
 
+def test_resume_from_a_set_aside_checkpoint_reads_its_step_and_never_prunes_it(
+    tmp_path, run_module, reference
+):
+    """trainer.resume=<a checkpoint not named checkpoint-N>: its step comes from its own state, and
+    the pruning of set_aside/ (3 kept) never deletes the checkpoint being resumed."""
+    run = copy_run(reference, tmp_path / "run")
+    aside = run / "set_aside"
+    aside.mkdir()
+    resumed = aside / "checkpoint-4.20200101-000000"  # the oldest there: first in line for pruning
+    (run / "checkpoint-4").rename(resumed)
+    for day in (2, 3, 4):
+        shutil.copytree(run / "checkpoint-2", aside / f"checkpoint-2.2020010{day}-000000")
+    r = run_module("vicuna_sft", *BASE, f"hydra.run.dir={run}", f"trainer.resume={resumed}", cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "this run starts at step 4" in log and "starts at step 0" not in log
+    assert resumed.is_dir() and (run / "checkpoint-2").is_dir()  # older than step 4: left in place
+    result = json.loads((run / "result.json").read_text())
+    assert result["resumed_from"] == str(resumed) and result["global_step"] == 8
+    assert final_weights_equal(run, reference)  # steps 5-8 again: the uninterrupted run's weights
+
+
 def test_model_files_are_readable_by_the_group_and_others_as_the_umask_says(reference):
     umask = os.umask(0)
     os.umask(umask)

@@ -117,7 +117,7 @@ def _choose(
         path = resume
     if path and fingerprint is not None:
         check_compatible(path, fingerprint, allow_change)
-    set_aside_newer(output_dir, step_of(path) if path else 0)
+    set_aside_newer(output_dir, step_of(path) if path else 0, protect=path)
     return path
 
 
@@ -160,26 +160,37 @@ def newest_intact(output_dir: str) -> str | None:
 
 
 def step_of(path: str) -> int:
+    """The step a checkpoint was written at, from its own state (its name may be anything: a
+    set-aside `checkpoint-8.<time>`, a copy); the `checkpoint-N` name only when it holds none."""
+    for name in (COMPLETE, "trainer_state.json"):
+        try:
+            with open(os.path.join(path, name)) as f:
+                step = json.load(f).get("global_step")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(step, int) and step >= 0:
+            return step
     m = _CKPT.match(os.path.basename(os.path.normpath(path)))
     return int(m.group(1)) if m else 0
 
 
-def set_aside_newer(output_dir: str, start: int) -> None:
+def set_aside_newer(output_dir: str, start: int, protect: str | None = None) -> None:
     """Rank 0 moves checkpoints newer than the starting step (a crashed write, or an earlier run's
     later steps under resume=never) into `set_aside/`, so that nothing of another timeline is
-    resumed or overwritten in place. Nothing is deleted."""
+    resumed or overwritten in place. Nothing is deleted; `protect` (the checkpoint being resumed,
+    possibly one in set_aside/) is never pruned from set_aside/."""
     if rank() != 0:
         return
     for step, path in checkpoints(output_dir):
         if step > start:
             state = "complete" if is_complete(path) else "incomplete (a crash interrupted its write)"
-            dest = set_aside(output_dir, path)
+            dest = set_aside(output_dir, path, protect=protect)
             log.warning(
                 "this run starts at step %d: set aside %s checkpoint %s -> %s", start, state, path, dest
             )
 
 
-def set_aside(output_dir: str, path: str, why: str = "") -> str | None:
+def set_aside(output_dir: str, path: str, why: str = "", protect: str | None = None) -> str | None:
     """Rank 0 moves a checkpoint into `set_aside/<name>.<time>[.<why>]` (a rename: it needs no
     space), then keeps only the newest there (prune_set_aside)."""
     if rank() != 0:
@@ -193,11 +204,11 @@ def set_aside(output_dir: str, path: str, why: str = "") -> str | None:
     os.replace(path, dest)
     if why:
         log.warning("set aside %s -> %s", path, dest)
-    prune_set_aside(output_dir, KEEP_SET_ASIDE)
+    prune_set_aside(output_dir, KEEP_SET_ASIDE, protect=protect)
     return dest
 
 
-def prune_set_aside(output_dir: str, keep: int) -> None:
+def prune_set_aside(output_dir: str, keep: int, protect: str | None = None) -> None:
     """Delete all but the `keep` newest checkpoints in `set_aside/` (by the time they were set aside,
     from their names; within one second, by step); anything else found there is left alone."""
     directory = os.path.join(output_dir, SET_ASIDE)
@@ -208,7 +219,10 @@ def prune_set_aside(output_dir: str, keep: int) -> None:
         for name in os.listdir(directory)
         if (m := _SET_ASIDE_NAME.match(name))
     )
+    protected = os.path.realpath(protect) if protect else None
     for _, name in entries[: max(len(entries) - keep, 0)]:
+        if os.path.realpath(os.path.join(directory, name)) == protected:
+            continue  # the checkpoint this run resumes from
         log.warning("%s/ keeps the %d newest set-aside checkpoints: deleting %s", directory, keep, name)
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
