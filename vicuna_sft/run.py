@@ -17,7 +17,7 @@ from .model.identity import model_digests
 from .model.loading import load_model, load_tokenizer
 from .process import world_size
 from .training.arguments import to_training_arguments
-from .training.checkpoint import resolve_resume, run_fingerprint
+from .training.checkpoint import resolve_resume, run_fingerprint, set_aside_previous_outputs
 from .training.final import save_final
 from .training.result import final_eval, print_result, run_result, write_result
 from .training.train import train
@@ -31,6 +31,7 @@ def run(cfg: Config) -> dict[str, Any]:
     # the data digests reused by the data cache
     fingerprint = run_fingerprint(cfg, world_size(), data_digests(cfg.data), model_digests(cfg.model))
     resume = resolve_resume(cfg.trainer.resume, out, fingerprint, cfg.trainer.resume_on_config_change)
+    set_aside_previous_outputs(out)
     save_config(cfg, out)
 
     tokenizer = load_tokenizer(cfg.model)

@@ -72,7 +72,8 @@ def test_damaged_checkpoints_are_set_aside_and_the_run_falls_back(tmp_path, run_
     result = json.loads((run / "result.json").read_text())
     assert result["resumed_from"] == str(run / "checkpoint-2") and result["global_step"] == 8
     # set aside, never deleted: the damaged files are still there to inspect
-    aside = {p.name.split(".")[0]: p for p in (run / "set_aside").iterdir()}
+    # (the copied run's plots/ and data_stats.json went to set_aside/previous-run.<time>/)
+    aside = {p.name.split(".")[0]: p for p in (run / "set_aside").glob("checkpoint-*")}
     assert sorted(aside) == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
     for name, files in damaged.items():
         assert sorted(x.name for x in aside[name].iterdir()) == files
@@ -119,6 +120,32 @@ def test_resume_from_a_set_aside_checkpoint_reads_its_step_and_never_prunes_it(
     result = json.loads((run / "result.json").read_text())
     assert result["resumed_from"] == str(resumed) and result["global_step"] == 8
     assert final_weights_equal(run, reference)  # steps 5-8 again: the uninterrupted run's weights
+
+
+def test_an_interrupted_rerun_leaves_no_outputs_of_the_previous_run_in_place(tmp_path, run_module, reference):
+    """A `trainer.resume=never` rerun killed early: before, config.yaml said the new settings while
+    result.json and final/ were the old run's. The previous outputs are set aside at the start."""
+    from vicuna_test_callbacks import override
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)  # a finished run: checkpoints, final/, result.json
+    old_result = (run / "result.json").read_text()
+    r = run_module(
+        "vicuna_sft",
+        *BASE,
+        f"hydra.run.dir={run}",
+        "trainer.resume=never",
+        "optimizer.lr=1e-3",
+        override("KillDuringSave", step=2),
+        cwd=tmp_path,
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    assert "lr: 0.001" in (run / "config.yaml").read_text()
+    assert not (run / "result.json").exists() and not (run / "final").exists()
+    (previous,) = (run / "set_aside").glob("previous-run.*")
+    assert (previous / "result.json").read_text() == old_result and (
+        previous / "final" / "model.safetensors"
+    ).is_file()
 
 
 def test_model_files_are_readable_by_the_group_and_others_as_the_umask_says(reference):

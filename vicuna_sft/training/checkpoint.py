@@ -190,6 +190,37 @@ def set_aside_newer(output_dir: str, start: int, protect: str | None = None) -> 
             )
 
 
+# what a finished run leaves in its directory besides checkpoints (config.yaml is rewritten first)
+RUN_OUTPUTS = ("result.json", "final", "final_adapter", "plots", "data_stats.json")
+_PREVIOUS = re.compile(r"^previous-run\.(\d{8}-\d{6})(?:-(\d+))?$")
+
+
+def set_aside_previous_outputs(output_dir: str) -> str | None:
+    """Rank 0, at the start of a run: the outputs an earlier run left here (result.json, final/,
+    ...) move into `set_aside/previous-run.<time>/`, so nothing in the directory claims to be from
+    this run unless it is, even if this run is interrupted before writing its own. The 3 newest
+    such folders are kept. Returns where they went (None: there were none)."""
+    found = [n for n in RUN_OUTPUTS if os.path.lexists(os.path.join(output_dir, n))]
+    if rank() != 0 or not found:
+        return None
+    base = dest = os.path.join(output_dir, SET_ASIDE, "previous-run." + time.strftime("%Y%m%d-%H%M%S"))
+    n = 1
+    while os.path.exists(dest):
+        dest, n = f"{base}-{n}", n + 1
+    os.makedirs(dest)
+    for name in found:
+        os.replace(os.path.join(output_dir, name), os.path.join(dest, name))
+    log.warning("set aside the previous run's %s -> %s", ", ".join(found), dest)
+    earlier = sorted(
+        ((m.group(1), int(m.group(2) or 0)), name)
+        for name in os.listdir(os.path.dirname(dest))
+        if (m := _PREVIOUS.match(name))
+    )
+    for _, name in earlier[: max(len(earlier) - KEEP_SET_ASIDE, 0)]:
+        shutil.rmtree(os.path.join(os.path.dirname(dest), name), ignore_errors=True)
+    return dest
+
+
 def set_aside(output_dir: str, path: str, why: str = "", protect: str | None = None) -> str | None:
     """Rank 0 moves a checkpoint into `set_aside/<name>.<time>[.<why>]` (a rename: it needs no
     space), then keeps only the newest there (prune_set_aside)."""
