@@ -327,15 +327,13 @@ def describe(cfg: Config) -> dict[str, str]:
 
 
 def batch_features(cfg: Config, tokenizer: Any, n: int) -> list[dict[str, Any]]:
-    """The first `n` training samples with a trained token, encoded as training encodes them."""
-    from .data.dataset import split_eval
+    """The first `n` training samples with a trained token, read and encoded as training does
+    (every source with its weight and system prompt, the eval split, data.long)."""
+    from .data.dataset import read_splits
     from .data.encode import Encoder
-    from .data.records import load_conversations
 
-    convs, _ = load_conversations(cfg.data.path, skip_errors=cfg.data.on_error.value == "skip")
-    if not cfg.data.eval_path:
-        convs, _ = split_eval(convs, cfg.data.eval_fraction, cfg.trainer.seed)
-    encoder = Encoder(tokenizer, cfg.data.max_length)
+    convs, _, _ = read_splits(cfg.data, cfg.trainer.seed)
+    encoder = Encoder(tokenizer, cfg.data.max_length, cfg.data.long)
     features: list[dict[str, Any]] = []
     for start in range(0, len(convs), 64):
         for e in encoder.encode_batch(convs[start : start + 64]):
@@ -344,7 +342,9 @@ def batch_features(cfg: Config, tokenizer: Any, n: int) -> list[dict[str, Any]]:
         if len(features) >= n:
             return features[:n]
     if not features:
-        raise CheckError(f"{cfg.data.path}: no sample with a trained token")
+        from .data.sources import describe
+
+        raise CheckError(f"{describe(cfg.data)}: no sample with a trained token")
     return features
 
 

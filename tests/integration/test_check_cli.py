@@ -57,3 +57,22 @@ def test_flash_refused_on_cpu(run_module, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("vicuna_sft.check: error: attention=flash needs a CUDA GPU")
     assert not (tmp_path / "c" / "check.json").exists()
+
+
+def test_reads_a_source_list_as_training_does(run_module, tmp_path, sample_path):
+    """`data.path=[a, b]` (accepted by validation) used to end in a TypeError traceback: the check
+    read data on its own path. It now reads every source as training does."""
+    records = json.loads(sample_path.read_text())
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(records[:20]))
+    b.write_text(json.dumps(records[20:40]))
+    out = tmp_path / "check"
+    r = run_module(
+        "vicuna_sft.check",
+        "data=sharegpt",
+        f"data.path=[{a},{{path: {b}, weight: 2}}]",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert json.loads((out / "check.json").read_text())["ok"] is True
