@@ -153,9 +153,7 @@ class Pass:
 
 
 def device_for(cfg: Config) -> str:
-    import torch
-
-    return "cpu" if cfg.trainer.use_cpu or not torch.cuda.is_available() else "cuda"
+    return "cpu" if cfg.trainer.runs_on_cpu() else "cuda"
 
 
 def compute_precision(cfg: Config, device: str) -> str:

@@ -314,6 +314,17 @@ class TrainerConfig:
     callbacks: list[Any] = field(default_factory=list)
     use_cpu: bool | None = None  # None: True when no CUDA device (else CPU ranks under torchrun train alone)
 
+    def runs_on_cpu(self, cuda_available: bool | None = None) -> bool:
+        """The one rule for where a run computes (training, adapters' quantization, the check):
+        `use_cpu` when set, else CPU exactly when no CUDA device is visible."""
+        if self.use_cpu is not None:
+            return self.use_cpu
+        if cuda_available is None:
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        return not cuda_available
+
 
 @dataclass
 class Config:

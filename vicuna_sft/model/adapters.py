@@ -47,11 +47,7 @@ def check(cfg: Config, cuda_available: bool | None = None) -> None:
     if cfg.adapter.kind != AdapterKind.qlora:
         return
     bnb = import_bitsandbytes()
-    if cuda_available is None:
-        import torch
-
-        cuda_available = torch.cuda.is_available()
-    check_quantization_device(training_device_type(cfg, cuda_available), bnb)
+    check_quantization_device("cpu" if cfg.trainer.runs_on_cpu(cuda_available) else "cuda", bnb)
 
 
 def import_bitsandbytes() -> Any:
@@ -62,11 +58,6 @@ def import_bitsandbytes() -> Any:
             f"adapter=qlora quantizes the base with bitsandbytes, which is not installed ({e}): {QLORA_EXTRA}"
         ) from None
     return bitsandbytes
-
-
-def training_device_type(cfg: Config, cuda_available: bool) -> str:
-    use_cpu = cfg.trainer.use_cpu if cfg.trainer.use_cpu is not None else not cuda_available
-    return "cpu" if use_cpu else "cuda"
 
 
 def check_quantization_device(device_type: str, bnb: Any) -> None:
@@ -138,7 +129,7 @@ def load_kwargs(cfg: Config) -> dict[str, Any]:
     from transformers import BitsAndBytesConfig
 
     a = cfg.adapter
-    if training_device_type(cfg, torch.cuda.is_available()) == "cuda":
+    if not cfg.trainer.runs_on_cpu():
         device: Any = int(os.environ.get("LOCAL_RANK", 0))
     else:
         device = "cpu"

@@ -57,20 +57,15 @@ def fsdp_arguments(
     }
 
 
-def runs_on_cpu(cfg: Config) -> bool:
-    """trainer.use_cpu, else CPU exactly when no CUDA device is visible."""
-    import torch
-
-    return cfg.trainer.use_cpu if cfg.trainer.use_cpu is not None else not torch.cuda.is_available()
-
-
 def check_fsdp(cfg: Config) -> None:
     """The FSDP refusals of `fsdp_arguments`, before any process starts or any data is encoded
     (the wrap class is only known once the model loads: a placeholder stands in for it here)."""
     import torch
 
     fsdp = fsdp_arguments(cfg, ["<model layer>"], *layout(cfg), torch.cuda.is_available())
-    if fsdp and runs_on_cpu(cfg):  # FSDP on CPU processes rests on the adaptation's tested accelerate range
+    if (
+        fsdp and cfg.trainer.runs_on_cpu()
+    ):  # FSDP on CPU processes rests on the adaptation's tested accelerate range
         import accelerate
 
         from ..compat.accelerate import check_version
@@ -123,7 +118,7 @@ def to_training_arguments(cfg: Config, wrap_classes: list[str] | None = None) ->
         dataloader_num_workers=t.dataloader_num_workers,
         report_to=list(t.report_to),
         # CPU-only torchrun: without use_cpu every rank silently trains alone as world size 1
-        use_cpu=runs_on_cpu(cfg),
+        use_cpu=cfg.trainer.runs_on_cpu(),
         remove_unused_columns=False,  # our datasets hold exactly the model inputs
         include_num_input_tokens_seen="non_padding",
         **{checkpointing_argument(): bool(cfg.model.activation_checkpointing and not fsdp)},
