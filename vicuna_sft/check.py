@@ -158,14 +158,8 @@ def device_for(cfg: Config) -> str:
 
 def compute_precision(cfg: Config, device: str) -> str:
     """The precision the matmuls run in: the autocast's, else the weights' (tf32 when enabled)."""
-    precision = Precision(cfg.trainer.precision)
-    if precision == Precision.bf16:
-        return "bfloat16"
-    if precision == Precision.fp16:
-        return "float16"
-    if cfg.model.dtype.value == "float32" and cfg.trainer.tf32 and device == "cuda":
-        return "tf32"
-    return cfg.model.dtype.value
+    dtype = cfg.autocast_dtype().value
+    return "tf32" if dtype == "float32" and cfg.trainer.tf32 and device == "cuda" else dtype
 
 
 def run_pass(cfg: Config, features: list[dict[str, Any]], pad_id: int, device: str) -> Pass:

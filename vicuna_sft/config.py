@@ -338,6 +338,11 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
+    def autocast_dtype(self) -> Dtype:
+        """The dtype the matmuls run in: bf16/fp16 under that mixed precision, else the weights'."""
+        half = {Precision.bf16: Dtype.bfloat16, Precision.fp16: Dtype.float16}
+        return half.get(Precision(self.trainer.precision), self.model.dtype)
+
 
 SCHEMA_NAME = "config_schema"
 

@@ -20,9 +20,8 @@ import time
 from functools import lru_cache
 from typing import Any
 
-import xxhash
-
 from ..config import DataConfig, SourceConfig, cache_root
+from ..files import hash_file
 from .conversation import Conversation
 from .records import DataError
 
@@ -37,11 +36,7 @@ def describe(cfg: DataConfig) -> str:
 
 
 def _hash(path: str) -> str:
-    h = xxhash.xxh3_128()  # ~20 GB/s in memory: the read, not the hash, is the cost
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hash_file(path)[1]
 
 
 @lru_cache(maxsize=4096)

@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..config import AdapterConfig, AdapterKind, Config, Dtype, Precision
+from ..config import AdapterConfig, AdapterKind, Config, Dtype
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,7 @@ def check_targets(cfg: Config, model_config: Callable[[], Any]) -> None:
 def compute_dtype(cfg: Config) -> Dtype:
     if cfg.adapter.compute_dtype is not None:
         return cfg.adapter.compute_dtype
-    return {Precision.bf16: Dtype.bfloat16, Precision.fp16: Dtype.float16}.get(
-        Precision(cfg.trainer.precision), cfg.model.dtype
-    )
+    return cfg.autocast_dtype()
 
 
 def load_kwargs(cfg: Config) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import os
 import shutil
 from typing import Any
 
-from ..config import Config, Dtype, Precision
+from ..config import Config, Dtype
 from ..data.conversation import CHAT_TEMPLATE
 from ..errors import UserError
 from ..files import replace_dir
@@ -17,9 +17,7 @@ from .checkpoint import apply_umask, write_error_reason
 def save_dtype(cfg: Config) -> Dtype:
     if cfg.model.save_dtype is not None:
         return cfg.model.save_dtype
-    return {Precision.bf16: Dtype.bfloat16, Precision.fp16: Dtype.float16}.get(
-        Precision(cfg.trainer.precision), cfg.model.dtype
-    )
+    return cfg.autocast_dtype()
 
 
 def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> dict[str, str | None]:

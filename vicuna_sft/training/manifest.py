@@ -19,22 +19,7 @@ import os
 import pickle
 from typing import Any
 
-import xxhash
-
-HASH = "xxh3_128"
-CHUNK = 8 << 20  # bytes read at a time: the hash streams, memory stays flat
-
-
-def file_digest(path: str) -> tuple[int, str]:
-    """(size, xxh3-128 hex digest) of a file, read once in CHUNK pieces."""
-    h, size = xxhash.xxh3_128(), 0
-    buf = bytearray(CHUNK)  # one buffer, filled in place: no 8 MiB allocation and copy per read
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            size += n
-    return size, h.hexdigest()
+from ..files import HASH, hash_file
 
 
 def list_files(root: str, exclude: tuple[str, ...] = ()) -> list[str]:
@@ -52,7 +37,7 @@ def hash_share(root: str, files: list[str], rank: int, world: int) -> dict[str, 
     """This rank's share of the manifest: files rank, rank + world, ... of the sorted list."""
     entries = {}
     for rel in files[rank::world]:
-        size, digest = file_digest(os.path.join(root, rel))
+        size, digest = hash_file(os.path.join(root, rel))
         entries[rel] = {"size": size, HASH: digest}
     return entries
 
@@ -73,7 +58,7 @@ def problems(root: str, manifest: dict[str, Any]) -> list[str]:
     if found:
         return found
     for rel, entry in files.items():
-        if file_digest(os.path.join(root, rel))[1] != entry[HASH]:
+        if hash_file(os.path.join(root, rel))[1] != entry[HASH]:
             found.append(f"{rel} changed since it was written ({HASH} differs)")
     return found
 
