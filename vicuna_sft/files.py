@@ -1,6 +1,8 @@
 """Files: their content hash, and replacing a directory so that a kill at any instant leaves
 either the old or the new one whole.
 
+`replacing(path)`: a temporary path next to `path`, renamed onto it when the block succeeds (and
+removed when it fails): a reader never sees half a file.
 `hash_file(path)`: (size, xxh3-128) read once in CHUNK pieces: the one hash of checkpoint
 manifests, data files, model files and data-cache entries (memoized ones: data.sources.file_digest).
 
@@ -9,8 +11,10 @@ A kill between the two renames leaves no `dest` but a whole `dest.old`; `recover
 by the writer before it starts and by readers) puts it back. Renames are atomic on one file system.
 """
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 
 import xxhash
 
@@ -48,3 +52,17 @@ def replace_dir(new: str, dest: str) -> None:
         os.replace(dest, old)
     os.replace(new, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing(path: str, tmp: str | None = None) -> Iterator[str]:
+    """Yields where to write `path`'s new content (`tmp`, default `<path>.<pid>.tmp`); on success
+    it replaces `path` atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = tmp or f"{path}.{os.getpid()}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)

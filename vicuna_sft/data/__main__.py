@@ -12,7 +12,6 @@ This module is a command (the top layer): it may use the model and validation mo
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -21,11 +20,10 @@ from ..errors import UserError
 
 def _write_json(records: list[Any], out: str) -> None:
     """Written next to its place and renamed: OUT is never half-written."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    from ..files import replacing
+
+    with replacing(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(records, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, out)
 
 
 def clean(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..config import DataConfig, SourceConfig, cache_root
-from ..files import hash_file
+from ..files import hash_file, replacing
 from .conversation import Conversation
 from .records import DataError
 
@@ -55,11 +55,8 @@ def _digest(path: str, stamp: tuple[int, ...]) -> str:
         pass
     value = _hash(path)
     try:
-        os.makedirs(os.path.dirname(memo), exist_ok=True)
-        tmp = f"{memo}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="ascii") as f:
+        with replacing(memo) as tmp, open(tmp, "w", encoding="ascii") as f:
             f.write(value)
-        os.replace(tmp, memo)
     except OSError:  # a read-only cache root: in memory only
         pass
     return value

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import Config, FsdpStrategy, RdzvBackend, as_dict
 from ..errors import PREEMPTED_EXIT, Preempted, UserError
+from ..files import replacing
 from ..process import check_writable_dir, is_worker, rank, world_size
 from ..validation import checked
 from .agreement import LAUNCHER_PID, enter_worker
@@ -128,9 +129,8 @@ def launch(cfg: Config) -> dict[str, Any]:
     body["trainer"]["output_dir"] = out
     name = WORKER_CONFIG if d.node_rank == 0 else WORKER_CONFIG.replace(".yaml", f".node{d.node_rank}.yaml")
     path = os.path.join(out, name)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    OmegaConf.save(OmegaConf.create(body), tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        OmegaConf.save(OmegaConf.create(body), tmp)
     result_file = os.path.join(out, RESULT_FILE)
     if d.node_rank == 0 and os.path.exists(result_file):
         os.remove(result_file)  # the result of an earlier run of this directory is not this one's

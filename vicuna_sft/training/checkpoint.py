@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from ..errors import UserError
+from ..files import replacing
 from ..process import exchange, launcher_store, rank, world_size
 from . import manifest
 
@@ -382,12 +383,10 @@ def mark_complete(path: str, step: int, files: dict[str, dict[str, Any]] | None 
     hashed here), atomically."""
     if files is None:
         files = manifest.hash_share(path, manifest.list_files(path, exclude=(COMPLETE, MARKER_TMP)), 0, 1)
-    tmp = os.path.join(path, MARKER_TMP)
-    with open(tmp, "w") as f:
+    with replacing(os.path.join(path, COMPLETE), os.path.join(path, MARKER_TMP)) as tmp, open(tmp, "w") as f:
         json.dump({"global_step": step, "manifest": {"hash": manifest.HASH, "files": files}}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(path, COMPLETE))
 
 
 def umask_mode() -> int:

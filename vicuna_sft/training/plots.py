@@ -66,11 +66,11 @@ def save_figure(fig: Any, path: str) -> str:
     """PNG written next to its place and renamed: a reader never sees half a file."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    from ..files import replacing
+
     FigureCanvasAgg(fig)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return path
 
 
