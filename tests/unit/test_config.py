@@ -18,6 +18,7 @@ from omegaconf import OmegaConf, open_dict
 
 from vicuna_sft import config as C
 from vicuna_sft.config import register_configs, to_config
+from vicuna_sft.errors import UserError
 from vicuna_sft.training.arguments import to_training_arguments
 from vicuna_sft.validation import ConfigError, gradient_accumulation
 
@@ -124,6 +125,27 @@ def test_default_is_tiny_on_the_sample_with_the_vicuna_recipe(make):
     assert o.scheduler == C.Scheduler.cosine
     assert cfg.data.template.value == "vicuna_v1.1"
     assert cfg.fsdp.strategy == C.FsdpStrategy.none
+
+
+def test_unknown_keys_are_refused_at_any_depth_but_known_ones_pass_with_plus(make):
+    """`+`/`++` bypass struct mode in Hydra; to_config refuses what the schema lacks, in a group and
+    at the root, while `++` on a key the schema has stays an ordinary override, and free-form
+    fields (trainer.callbacks, data.path's sources) are not mistaken for unknown keys."""
+    with pytest.raises(
+        UserError, match=r"^unknown config key\(s\): optimizer.lrr \(did you mean optimizer.lr\?\)$"
+    ):
+        to_config(make("+optimizer.lrr=1"))
+    with pytest.raises(UserError, match=r"^unknown config key\(s\): trainr \(did you mean trainer\?\)$"):
+        to_config(make("++trainr=1"))
+    cfg = to_config(
+        make(
+            "++optimizer.lr=1e-3",
+            "+trainer.callbacks=[{_target_: transformers.EarlyStoppingCallback, early_stopping_patience: 3}]",
+            "data.path=[{path: a.json, weight: 2}]",
+        )
+    )
+    assert cfg.optimizer.lr == 1e-3 and cfg.trainer.callbacks[0]["early_stopping_patience"] == 3
+    assert not set(vars(cfg.trainer)) - {f for f in C.TrainerConfig.__dataclass_fields__}
 
 
 def test_output_dir_defaults_to_the_hydra_run_dir(make, tmp_path):
