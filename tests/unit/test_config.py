@@ -121,10 +121,37 @@ def test_default_is_tiny_on_the_sample_with_the_vicuna_recipe(make):
     assert cfg.model.builtin == C.Builtin.tiny and cfg.model.name_or_path.endswith("tiny-llama")
     assert os.path.isfile(cfg.data.path) and cfg.data.path.endswith("sample_conversations.json")
     o = cfg.optimizer
-    assert (o.lr, o.weight_decay, o.warmup_ratio, o.max_grad_norm) == (2e-5, 0.0, 0.03, 1.0)
+    # the lr is the tiny model's (random weights: conf/model/tiny.yaml), the rest Vicuna's recipe
+    assert (o.lr, o.weight_decay, o.warmup_ratio, o.max_grad_norm) == (3e-3, 0.0, 0.03, 1.0)
     assert o.scheduler == C.Scheduler.cosine
     assert cfg.data.template.value == "vicuna_v1.1"
     assert cfg.fsdp.strategy == C.FsdpStrategy.none
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lr"),
+    [
+        ((), 3e-3),  # the builtin tiny model: random weights need a large lr (conf/model/tiny.yaml)
+        (("experiment=smoke",), 3e-3),
+        (("model=tiny", "optimizer.lr=1e-4"), 1e-4),  # the command line still wins
+        (("model=vicuna_7b",), 2e-5),  # a pretrained model: the schema's Vicuna lr, tiny's does not leak
+        (("experiment=vicuna_7b", "data.path=/d.json"), 2e-5),
+        (("experiment=vicuna_7b_lora", "data.path=/d.json"), 2e-5),
+    ],
+)
+def test_learning_rate_follows_the_model(make, overrides, lr):
+    assert to_config(make(*overrides)).optimizer.lr == lr
+
+
+def test_the_schema_lr_is_vicunas_and_only_the_tiny_model_sets_another():
+    """Each default in one place: 2e-5 in the schema, 3e-3 in conf/model/tiny.yaml, nowhere else."""
+    assert C.OptimizerConfig().lr == 2e-5
+    setting = [
+        p.relative_to(conf_dir()).as_posix()
+        for p in conf_dir().rglob("*.yaml")
+        if re.search(r"^\s+lr:", p.read_text(), re.M)
+    ]
+    assert setting == ["model/tiny.yaml"]
 
 
 def test_unknown_keys_are_refused_at_any_depth_but_known_ones_pass_with_plus(make):
@@ -259,7 +286,7 @@ def test_every_field_lands_in_the_real_training_arguments(make):
 
 def test_defaults_land_in_the_real_training_arguments(make):
     args = to_training_arguments(to_config(make("trainer.use_cpu=true")))
-    assert args.learning_rate == 2e-5 and args.warmup_steps == 0.03
+    assert args.learning_rate == 3e-3 and args.warmup_steps == 0.03  # lr: the tiny model's
     assert args.lr_scheduler_type.value == "cosine" and args.max_grad_norm == 1.0
     assert args.per_device_eval_batch_size == args.per_device_train_batch_size == 2  # eval: same as train
     assert args.eval_strategy.value == "no" and args.save_total_limit is None
@@ -345,7 +372,7 @@ def test_help_lists_groups_and_options_without_torch(tmp_path):
     assert "TORCH_IMPORTED=False" in r.stderr
     for group, options in GROUPS.items():
         assert f"{group}: {', '.join(options)}" in r.stdout
-    assert "optimizer:" in r.stdout and "lr: 2.0e-05" in r.stdout
+    assert "optimizer:" in r.stdout and "lr: 0.003" in r.stdout  # the tiny model's (conf/model/tiny.yaml)
     # only groups a user can choose from: the typed schema is not one (issue 10, item 17)
     listed = r.stdout.split("== Config groups ==", 1)[1].split("== Config ==", 1)[0]
     groups = {line.split(":", 1)[0] for line in listed.splitlines() if re.match(r"^\w+: ", line)}
