@@ -262,3 +262,5 @@ def test_the_default_command_learns_visibly(tmp_path, run_module):
     assert first > 6.0  # a random model on a ~1k-token vocabulary: about ln(vocab)
     assert last < first - 1.5, (first, last)
     assert result["eval_loss"] < first - 1.5, result
+    # the run removed its lock file when it ended (a dead pid in it would look like a stale lock)
+    assert not (out / "run.lock").exists()

@@ -323,6 +323,21 @@ def test_global_batch_size_gives_accumulation_and_refuses_what_does_not_divide(m
         recorded(both)
 
 
+def test_the_batch_must_fit_in_the_training_set(make):
+    from vicuna_sft.validation import check_batch_fits
+
+    t = to_config(make("trainer.per_device_train_batch_size=4")).trainer
+    check_batch_fits(t, 4, 1)  # exactly one full batch: fine
+    with pytest.raises(ConfigError, match=r"= 8 samples per batch, but the training set has only 7"):
+        check_batch_fits(t, 7, 2)  # 4 per device x 2 ranks
+    g = to_config(make("trainer.per_device_train_batch_size=4", "trainer.global_batch_size=16")).trainer
+    check_batch_fits(g, 16, 1)
+    with pytest.raises(
+        ConfigError, match=r"a global batch of 16 samples \(4 per batch x 4 accumulation steps\)"
+    ):
+        check_batch_fits(g, 15, 1)
+
+
 def test_max_steps_and_epochs(make, recorded):
     kw = recorded(to_config(make("trainer.num_train_epochs=1.5")))
     assert (kw["num_train_epochs"], kw["max_steps"]) == (1.5, -1)

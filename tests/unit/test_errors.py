@@ -280,6 +280,19 @@ def test_cli_unknown_group_key_added_with_plus_is_refused(tmp_path, cli, prefix)
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
+def test_cli_batch_larger_than_the_training_set_is_refused(tmp_path, cli, sample_path):
+    """With the dataloader's drop_last off, a batch of 8 over 6 samples would silently train on one
+    partial batch of 6 per epoch; refused once the data is encoded, before the model loads."""
+    data = write_json(tmp_path / "six.json", json.loads(sample_path.read_text())[:6])
+    r = cli(f"data.path={data}", "data.eval_fraction=0", "trainer.per_device_train_batch_size=8")
+    assert_clean_failure(
+        r,
+        "vicuna_sft: error: trainer.per_device_train_batch_size=8 x 1 process(es) = 8 samples per batch, "
+        "but the training set has only 6: every step would train on one partial batch of those 6",
+    )
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
 def test_cli_max_length_must_be_positive(tmp_path, cli):
     r = cli("data.max_length=0")
     assert_clean_failure(r, "vicuna_sft: error: invalid config", "data.max_length must be > 0, got 0")
