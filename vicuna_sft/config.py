@@ -425,20 +425,50 @@ def save_config(cfg: Config, directory: str) -> None:
         OmegaConf.save(OmegaConf.create(as_dict(cfg)), os.path.join(directory, "config.yaml"))
 
 
+def unknown_keys(node: DictConfig, schema: type, where: str = "", ignore: tuple[str, ...] = ()) -> list[str]:
+    """Keys of `node` that its dataclass `schema` lacks, in this node and its dataclass-typed
+    children: per key its close matches, else per group the keys it has. Needed because Hydra's
+    `+key=value` / `++key=value` add a key even to a struct node (at the root as in a group), and
+    `OmegaConf.to_object` then carries it as an extra attribute that nothing reads: the override
+    would silently vanish. Fields typed Any / list[Any] (data.path, trainer.callbacks) hold
+    free-form values and are not descended into (data.path's items: `DataConfig.sources`)."""
+    import difflib
+    from dataclasses import fields, is_dataclass
+
+    from omegaconf import OmegaConf
+
+    types = {f.name: f.type for f in fields(schema)}
+    found, unmatched = [], []
+    for key in node:
+        if key in ignore:
+            continue
+        if key not in types:
+            close = difflib.get_close_matches(str(key), list(types), n=3)
+            if close:
+                found.append(f"{where}{key} (did you mean {' or '.join(where + c for c in close)}?)")
+            else:
+                unmatched.append(f"{where}{key}")
+        elif is_dataclass(types[key]) and not OmegaConf.is_missing(node, key):
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none():
+                found += unknown_keys(child, types[key], f"{where}{key}.")
+    if unmatched:
+        found.append(f"{', '.join(unmatched)} ({where.rstrip('.') or 'the root'} has: {', '.join(types)})")
+    return found
+
+
 def to_config(cfg: DictConfig) -> Config:
-    """The composed DictConfig as a typed `Config` (enums as Enum members)."""
+    """The composed DictConfig as a typed `Config` (enums as Enum members). Every command converts
+    its composed config here (through validation.checked), so unknown keys are refused here, once."""
     from dataclasses import fields
 
     from omegaconf import MissingMandatoryValue, OmegaConf
 
     from .errors import UserError
 
-    # `+key=value` at the root passes even in struct mode; refuse it here
-    unknown = sorted(set(cfg.keys()) - {f.name for f in fields(Config)} - {"hydra"})
+    unknown = unknown_keys(cfg, Config, ignore=("hydra",))  # hydra.*: Hydra's own keys
     if unknown:
-        raise UserError(
-            f"unknown config key(s) at the root: {unknown}; valid: {[f.name for f in fields(Config)]}"
-        )
+        raise UserError(f"unknown config key(s): {'; '.join(unknown)}")
     body = OmegaConf.masked_copy(cfg, [f.name for f in fields(Config)]) if "hydra" in cfg else cfg
     try:
         # merged onto the schema: a masked copy (or a plain DictConfig) would otherwise come back as a dict

@@ -21,6 +21,7 @@ from .training.checkpoint import resolve_resume, run_fingerprint, set_aside_prev
 from .training.final import save_final
 from .training.result import final_eval, print_result, run_result, write_result
 from .training.train import train
+from .validation import check_batch_fits
 
 log = logging.getLogger("vicuna_sft")
 
@@ -37,6 +38,7 @@ def run(cfg: Config) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model)
     data = build_datasets(cfg.data, tokenizer, seed=cfg.trainer.seed)
     report_data(data.stats, out)
+    check_batch_fits(cfg.trainer, len(data.train), world_size())  # before the model loads
     model = load_model(cfg)
     args = to_training_arguments(cfg, wrap_classes=no_split_modules(model))
 

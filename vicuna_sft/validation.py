@@ -34,6 +34,28 @@ def gradient_accumulation(t: TrainerConfig, world_size: int) -> int:
     return accum
 
 
+def check_batch_fits(t: TrainerConfig, train_samples: int, world_size: int) -> None:
+    """The batch the config asks for must exist in the data: known only once the data is encoded
+    (`run`), so checked there. Without it the Trainer (dataloader drop_last off) silently trains on
+    one partial batch of the whole set per epoch, or accumulates fewer samples per optimizer step
+    than configured: lr, warmup and step counts no longer mean what the config says."""
+    per_step = t.per_device_train_batch_size * world_size
+    accum = gradient_accumulation(t, world_size)
+    if per_step > train_samples:
+        raise ConfigError(
+            f"trainer.per_device_train_batch_size={t.per_device_train_batch_size} x {world_size} process(es) = "
+            f"{per_step} samples per batch, but the training set has only {train_samples}: every step would "
+            f"train on one partial batch of those {train_samples}; lower trainer.per_device_train_batch_size "
+            "or give more data"
+        )
+    if per_step * accum > train_samples:
+        raise ConfigError(
+            f"a global batch of {per_step * accum} samples ({per_step} per batch x {accum} accumulation steps) "
+            f"is more than the {train_samples} of the training set: an optimizer step would average fewer "
+            "samples than configured; lower trainer.global_batch_size / gradient_accumulation_steps or give more data"
+        )
+
+
 def validate(cfg: Config) -> None:
     """Value checks the schema's types cannot express; run at startup, before anything loads."""
     t, o, d = cfg.trainer, cfg.optimizer, cfg.data

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf, open_dict
 from vicuna_sft import config as C
 from vicuna_sft.compat.transformers import checkpointing_argument
 from vicuna_sft.config import register_configs, to_config
+from vicuna_sft.errors import UserError
 from vicuna_sft.training.arguments import to_training_arguments
 from vicuna_sft.validation import ConfigError, gradient_accumulation
 
@@ -122,10 +123,58 @@ def test_default_is_tiny_on_the_sample_with_the_vicuna_recipe(make):
     assert cfg.model.builtin == C.Builtin.tiny and cfg.model.name_or_path.endswith("tiny-llama")
     assert os.path.isfile(cfg.data.path) and cfg.data.path.endswith("sample_conversations.json")
     o = cfg.optimizer
-    assert (o.lr, o.weight_decay, o.warmup_ratio, o.max_grad_norm) == (2e-5, 0.0, 0.03, 1.0)
+    # the lr is the tiny model's (random weights: conf/model/tiny.yaml), the rest Vicuna's recipe
+    assert (o.lr, o.weight_decay, o.warmup_ratio, o.max_grad_norm) == (3e-3, 0.0, 0.03, 1.0)
     assert o.scheduler == C.Scheduler.cosine
     assert cfg.data.template.value == "vicuna_v1.1"
     assert cfg.fsdp.strategy == C.FsdpStrategy.none
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lr"),
+    [
+        ((), 3e-3),  # the builtin tiny model: random weights need a large lr (conf/model/tiny.yaml)
+        (("experiment=smoke",), 3e-3),
+        (("model=tiny", "optimizer.lr=1e-4"), 1e-4),  # the command line still wins
+        (("model=vicuna_7b",), 2e-5),  # a pretrained model: the schema's Vicuna lr, tiny's does not leak
+        (("experiment=vicuna_7b", "data.path=/d.json"), 2e-5),
+        (("experiment=vicuna_7b_lora", "data.path=/d.json"), 2e-5),
+    ],
+)
+def test_learning_rate_follows_the_model(make, overrides, lr):
+    assert to_config(make(*overrides)).optimizer.lr == lr
+
+
+def test_the_schema_lr_is_vicunas_and_only_the_tiny_model_sets_another():
+    """Each default in one place: 2e-5 in the schema, 3e-3 in conf/model/tiny.yaml, nowhere else."""
+    assert C.OptimizerConfig().lr == 2e-5
+    setting = [
+        p.relative_to(conf_dir()).as_posix()
+        for p in conf_dir().rglob("*.yaml")
+        if re.search(r"^\s+lr:", p.read_text(), re.M)
+    ]
+    assert setting == ["model/tiny.yaml"]
+
+
+def test_unknown_keys_are_refused_at_any_depth_but_known_ones_pass_with_plus(make):
+    """`+`/`++` bypass struct mode in Hydra; to_config refuses what the schema lacks, in a group and
+    at the root, while `++` on a key the schema has stays an ordinary override, and free-form
+    fields (trainer.callbacks, data.path's sources) are not mistaken for unknown keys."""
+    with pytest.raises(
+        UserError, match=r"^unknown config key\(s\): optimizer.lrr \(did you mean optimizer.lr\?\)$"
+    ):
+        to_config(make("+optimizer.lrr=1"))
+    with pytest.raises(UserError, match=r"^unknown config key\(s\): trainr \(did you mean trainer\?\)$"):
+        to_config(make("++trainr=1"))
+    cfg = to_config(
+        make(
+            "++optimizer.lr=1e-3",
+            "+trainer.callbacks=[{_target_: transformers.EarlyStoppingCallback, early_stopping_patience: 3}]",
+            "data.path=[{path: a.json, weight: 2}]",
+        )
+    )
+    assert cfg.optimizer.lr == 1e-3 and cfg.trainer.callbacks[0]["early_stopping_patience"] == 3
+    assert not set(vars(cfg.trainer)) - {f for f in C.TrainerConfig.__dataclass_fields__}
 
 
 def test_output_dir_defaults_to_the_hydra_run_dir(make, tmp_path):
@@ -239,7 +288,7 @@ def test_every_field_lands_in_the_real_training_arguments(make):
 
 def test_defaults_land_in_the_real_training_arguments(make):
     args = to_training_arguments(to_config(make("trainer.use_cpu=true")))
-    assert args.learning_rate == 2e-5 and args.warmup_steps == 0.03
+    assert args.learning_rate == 3e-3 and args.warmup_steps == 0.03  # lr: the tiny model's
     assert args.lr_scheduler_type.value == "cosine" and args.max_grad_norm == 1.0
     assert args.per_device_eval_batch_size == args.per_device_train_batch_size == 2  # eval: same as train
     assert args.eval_strategy.value == "no" and args.save_total_limit is None
@@ -274,6 +323,21 @@ def test_global_batch_size_gives_accumulation_and_refuses_what_does_not_divide(m
     both = to_config(make("trainer.global_batch_size=16", "trainer.gradient_accumulation_steps=3"))
     with pytest.raises(ConfigError, match="contradicts"):
         recorded(both)
+
+
+def test_the_batch_must_fit_in_the_training_set(make):
+    from vicuna_sft.validation import check_batch_fits
+
+    t = to_config(make("trainer.per_device_train_batch_size=4")).trainer
+    check_batch_fits(t, 4, 1)  # exactly one full batch: fine
+    with pytest.raises(ConfigError, match=r"= 8 samples per batch, but the training set has only 7"):
+        check_batch_fits(t, 7, 2)  # 4 per device x 2 ranks
+    g = to_config(make("trainer.per_device_train_batch_size=4", "trainer.global_batch_size=16")).trainer
+    check_batch_fits(g, 16, 1)
+    with pytest.raises(
+        ConfigError, match=r"a global batch of 16 samples \(4 per batch x 4 accumulation steps\)"
+    ):
+        check_batch_fits(g, 15, 1)
 
 
 def test_max_steps_and_epochs(make, recorded):
@@ -325,7 +389,7 @@ def test_help_lists_groups_and_options_without_torch(tmp_path):
     assert "TORCH_IMPORTED=False" in r.stderr
     for group, options in GROUPS.items():
         assert f"{group}: {', '.join(options)}" in r.stdout
-    assert "optimizer:" in r.stdout and "lr: 2.0e-05" in r.stdout
+    assert "optimizer:" in r.stdout and "lr: 0.003" in r.stdout  # the tiny model's (conf/model/tiny.yaml)
     # only groups a user can choose from: the typed schema is not one (issue 10, item 17)
     listed = r.stdout.split("== Config groups ==", 1)[1].split("== Config ==", 1)[0]
     groups = {line.split(":", 1)[0] for line in listed.splitlines() if re.match(r"^\w+: ", line)}

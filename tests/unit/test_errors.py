@@ -255,7 +255,42 @@ def test_cli_wrong_type_names_the_key(tmp_path, cli):
 
 def test_cli_unknown_root_key_is_refused(tmp_path, cli):
     r = cli("+foo=1")
-    assert_clean_failure(r, "vicuna_sft: error: unknown config key(s) at the root: ['foo']")
+    assert_clean_failure(
+        r, "vicuna_sft: error: unknown config key(s): foo (the root has: model, data, attention"
+    )
+
+
+@pytest.mark.parametrize("prefix", ["+", "++"])
+def test_cli_unknown_group_key_added_with_plus_is_refused(tmp_path, cli, prefix):
+    """`+group.key=value` adds the key even to a struct node; it must fail like `group.key=value`,
+    on one line naming each key with its close matches or the group's valid keys, before anything
+    runs (no checkpoint, no config.yaml in the run directory)."""
+    r = cli(
+        f"{prefix}trainer.totally_bogus=1",
+        f"{prefix}data.tempalte=chatml",
+        f"{prefix}trainer.torch_compile=true",
+    )
+    assert_clean_failure(r, "vicuna_sft: error: unknown config key(s): ")
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("vicuna_sft: error:")]
+    assert "data.tempalte (did you mean data.template?)" in line
+    assert (
+        "trainer.totally_bogus, trainer.torch_compile (trainer has: output_dir, per_device_train_batch_size,"
+        in line
+    )
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_cli_batch_larger_than_the_training_set_is_refused(tmp_path, cli, sample_path):
+    """With the dataloader's drop_last off, a batch of 8 over 6 samples would silently train on one
+    partial batch of 6 per epoch; refused once the data is encoded, before the model loads."""
+    data = write_json(tmp_path / "six.json", json.loads(sample_path.read_text())[:6])
+    r = cli(f"data.path={data}", "data.eval_fraction=0", "trainer.per_device_train_batch_size=8")
+    assert_clean_failure(
+        r,
+        "vicuna_sft: error: trainer.per_device_train_batch_size=8 x 1 process(es) = 8 samples per batch, "
+        "but the training set has only 6: every step would train on one partial batch of those 6",
+    )
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
 
 
 def test_cli_max_length_must_be_positive(tmp_path, cli):

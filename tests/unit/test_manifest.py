@@ -131,6 +131,59 @@ def test_run_lock_names_the_holder_and_a_killed_holder_leaves_no_lock(tmp_path):
             time.sleep(0.05)
 
 
+def test_run_lock_file_is_removed_when_the_run_ends_however_it_ends(tmp_path):
+    """A finished run leaves no run.lock (with its pid, now dead, it would look like a stale lock);
+    an error or a preemption ending the run removes it as well."""
+    with run_lock(str(tmp_path)):
+        assert (tmp_path / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+    assert not (tmp_path / LOCK_FILE).exists()
+    with pytest.raises(RuntimeError, match="boom"), run_lock(str(tmp_path)):
+        raise RuntimeError("boom")
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+CONTEND = """
+import os, sys, time
+from vicuna_sft.launch.run_lock import RunDirectoryBusy, run_lock
+run_dir, inside, end = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
+held = 0
+while time.monotonic() < end:
+    try:
+        with run_lock(run_dir):
+            fd = os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails if another holder is inside
+            os.close(fd)
+            time.sleep(0.001)
+            os.unlink(inside)
+            held += 1
+    except RunDirectoryBusy:
+        pass
+print(held)
+"""
+
+
+def test_run_lock_stays_exclusive_while_holders_remove_the_file(tmp_path):
+    """Removing the lock file at the end must not let two runs hold it at once (one that opened the
+    old file locks it after its removal while a third locks the new one): several processes take and
+    release the lock as fast as they can; a second holder inside would fail its exclusive create."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    inside = tmp_path / "inside"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTEND, str(tmp_path / "run"), str(inside), "4"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    for p, (_out, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    assert sum(int(out) for out, _ in results) > 20  # they really contended
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
 def test_dcp_non_tensor_values_are_loaded_weights_only(tmp_path):
     """torch's default load planner unpickles a checkpoint's non-tensor values with
     weights_only=False; the check loads them with weights_only=True first."""
