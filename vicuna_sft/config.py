@@ -449,8 +449,8 @@ def unknown_keys(node: DictConfig, schema: type, where: str = "", ignore: tuple[
             else:
                 unmatched.append(f"{where}{key}")
         elif is_dataclass(types[key]) and not OmegaConf.is_missing(node, key):
-            child = node._get_node(key)
-            if isinstance(child, DictConfig) and not child._is_none():
+            child = node[key]  # None for a null group node
+            if isinstance(child, DictConfig):
                 found += unknown_keys(child, types[key], f"{where}{key}.")
     if unmatched:
         found.append(f"{', '.join(unmatched)} ({where.rstrip('.') or 'the root'} has: {', '.join(types)})")
