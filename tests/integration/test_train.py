@@ -264,6 +264,33 @@ def test_a_diverged_run_stops_and_is_never_best(tmp_path, run_module):
     assert f"best: job 0 trainer.callbacks=[] eval_loss {rows[0]['objective']:.4f}" in r.stdout
 
 
+def test_a_weighted_source_that_contributes_nothing_is_reported(tmp_path, run_module, sample_path):
+    """Issue 19: `{path: one_record.json, weight: 0.4}` next to other data trained on none of it,
+    silently. The log and data_stats.json now give each source's samples, and it gets a warning."""
+    one = tmp_path / "one_record.json"
+    one.write_text(json.dumps(json.loads(sample_path.read_text())[:1]))
+    out = tmp_path / "run"
+    path = f"data.path=[{sample_path},{{path: {one}, weight: 0.4}}]"
+    r = run_module(
+        "vicuna_sft", *overrides(out, path, "trainer.max_steps=2", "trainer.eval_strategy=no"), cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = json.loads((out / "data_stats.json").read_text())["records"]
+    sample, single = stats[str(sample_path)], stats[str(one)]
+    assert (single["weight"], single["train_samples"]) == (0.4, 0)
+    assert sample["train_samples"] == sample["train_records"] > 0
+    assert sample["train_records"] + single["train_records"] + stats_eval(out) == sample["kept"] + 1
+    log = r.stdout + r.stderr
+    (line,) = [x for x in log.splitlines() if "contributes no training sample" in x]
+    assert f"data {one} contributes no training sample" in line and "weight 0.4" in line
+    assert f"; weight 1: {sample['train_samples']} training samples" in log
+
+
+def stats_eval(out) -> int:
+    """Conversations held out for eval (data.eval_fraction of every source, before weighting)."""
+    return json.loads((out / "data_stats.json").read_text())["eval"]["read"]
+
+
 def test_trainer_callbacks_add_a_real_transformers_callback(tmp_path, run_module):
     """`trainer.callbacks`: EarlyStoppingCallback from the config. With a threshold no eval can beat,
     patience 1 stops the run at the second evaluation (step 2 of 40)."""
