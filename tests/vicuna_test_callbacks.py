@@ -76,6 +76,23 @@ class LayoutReport(TrainerCallback):
         return control
 
 
+class PoisonWeights(TrainerCallback):
+    """At the end of optimizer step `step`, every weight of the model becomes nan: what a diverged
+    update leaves (a valid config cannot be made to diverge on cue)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        if state.global_step == self.step:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+        return control
+
+
 def override(name: str, **kwargs) -> str:
     """The `trainer.callbacks=[...]` command-line override that adds the callback `name` of this module."""
     args = "".join(f", {k}: {v!r}" if isinstance(v, str) else f", {k}: {v}" for k, v in kwargs.items())

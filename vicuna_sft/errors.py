@@ -15,3 +15,7 @@ class Preempted(Exception):
 
     def __init__(self, message: str):
         super().__init__(message)
+
+
+class Diverged(UserError):
+    """Training went non-finite (training/divergence.py): the run stopped, its result says so."""

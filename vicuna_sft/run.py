@@ -12,14 +12,22 @@ from .compat.transformers import no_split_modules
 from .config import Config, save_config
 from .data.dataset import build_datasets, report_data
 from .data.sources import data_digests
-from .errors import PREEMPTED_EXIT, Preempted
+from .errors import PREEMPTED_EXIT, Diverged, Preempted
 from .model.identity import model_digests
 from .model.loading import load_model, load_tokenizer
 from .process import world_size
 from .training.arguments import to_training_arguments
 from .training.checkpoint import resolve_resume, run_fingerprint, set_aside_previous_outputs
 from .training.final import save_final
-from .training.result import final_eval, print_result, run_result, write_result
+from .training.result import (
+    DIVERGED,
+    PREEMPTED,
+    final_eval,
+    print_result,
+    run_result,
+    stopped_result,
+    write_result,
+)
 from .training.train import train
 from .validation import check_batch_fits
 
@@ -43,10 +51,11 @@ def run(cfg: Config) -> dict[str, Any]:
     args = to_training_arguments(cfg, wrap_classes=no_split_modules(model))
 
     from .training.callbacks import build_callbacks
+    from .training.divergence import StopOnDivergence
     from .training.preemption import StopOnSignal
     from .training.trainer import Trainer, release
 
-    stop = StopOnSignal()
+    stop, divergence = StopOnSignal(), StopOnDivergence()
     trainer = Trainer(
         model=model,
         args=args,
@@ -54,13 +63,21 @@ def run(cfg: Config) -> dict[str, Any]:
         eval_dataset=data.eval,
         data_collator=data.collator,
         processing_class=tokenizer,
-        callbacks=build_callbacks(cfg, fingerprint, cfg.trainer.save_total_limit, stop),
+        callbacks=build_callbacks(cfg, fingerprint, cfg.trainer.save_total_limit, stop, divergence),
     )
     if resume:
         log.info("resuming from %s", resume)
     with stop.handling():
         train(trainer, resume)
+    if divergence.diverged_at is not None:  # checked first: a diverged step is never saved
+        if trainer.is_world_process_zero():
+            details = {"diverged_at_step": divergence.diverged_at, "error": divergence.message}
+            write_result(stopped_result(trainer, resume, DIVERGED, **details), out)
+        release(trainer)
+        raise Diverged(divergence.message)
     if stop.stopped_at is not None:
+        if trainer.is_world_process_zero():  # the signal's name, for a launcher that did not see it
+            write_result(stopped_result(trainer, resume, PREEMPTED, stopped_by=stop.stopped_by), out)
         release(trainer)
         raise Preempted(
             f"stopped by {stop.stopped_by} at step {stop.stopped_at}: {out}/checkpoint-{stop.stopped_at} is "

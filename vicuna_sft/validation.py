@@ -2,6 +2,7 @@
 the config is composed (launch.entry, the commands), before torch is imported or a worker starts.
 Whatever gets a `Config` afterwards (run, the TrainingArguments mapping) trusts it."""
 
+import math
 import os
 
 from omegaconf import DictConfig
@@ -13,6 +14,14 @@ from .process import layout
 
 class ConfigError(UserError, ValueError):
     pass
+
+
+# Upper bounds beyond which a value is a typo (1e30 for 1e-3), not a recipe. AdamW moves each
+# weight by about lr per step whatever the gradient's scale: lr > 1 moves every weight by more
+# than its own typical size each step; and with lr <= 1, weight_decay <= 1 keeps the decoupled
+# decay's factor lr * weight_decay <= 1 (above it every step flips the weights' sign).
+MAX_LR = 1.0
+MAX_WEIGHT_DECAY = 1.0
 
 
 def gradient_accumulation(t: TrainerConfig, world_size: int) -> int:
@@ -65,21 +74,52 @@ def validate(cfg: Config) -> None:
             "distributed.nproc_per_node and distributed.nnodes must be >= 1, got "
             f"{cfg.distributed.nproc_per_node}, {cfg.distributed.nnodes}",
         ),
+        (
+            0 < cfg.distributed.monitor_interval < math.inf,
+            f"distributed.monitor_interval must be > 0 and finite, got {cfg.distributed.monitor_interval}",
+        ),
+        (
+            cfg.distributed.max_restarts >= 0,
+            f"distributed.max_restarts must be >= 0, got {cfg.distributed.max_restarts}",
+        ),
         (d.max_length > 0, f"data.max_length must be > 0, got {d.max_length}"),
         (d.num_proc >= 1, f"data.num_proc must be >= 1, got {d.num_proc}"),
-        (o.lr > 0, f"optimizer.lr must be > 0, got {o.lr}"),
-        (o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {o.weight_decay}"),
+        # the bounds also refuse inf and nan (every comparison with nan is False): a run with
+        # lr=inf has nan weights after its first step, and only reports a loss because
+        # transformers' logging_nan_inf_filter averages the nan losses away
+        (0 < o.lr <= MAX_LR, f"optimizer.lr must be > 0 and <= {MAX_LR:g}, got {o.lr}"),
+        (
+            0 <= o.weight_decay <= MAX_WEIGHT_DECAY,
+            f"optimizer.weight_decay must be >= 0 and <= {MAX_WEIGHT_DECAY:g}, got {o.weight_decay}",
+        ),
         (0 <= o.warmup_ratio < 1, f"optimizer.warmup_ratio must be in [0, 1), got {o.warmup_ratio}"),
-        (o.max_grad_norm >= 0, f"optimizer.max_grad_norm must be >= 0, got {o.max_grad_norm}"),
+        (
+            0 <= o.max_grad_norm < math.inf,
+            f"optimizer.max_grad_norm must be >= 0 and finite (0: no clipping), got {o.max_grad_norm}",
+        ),
+        (0 <= o.adam_beta1 < 1, f"optimizer.adam_beta1 must be in [0, 1), got {o.adam_beta1}"),
+        (0 <= o.adam_beta2 < 1, f"optimizer.adam_beta2 must be in [0, 1), got {o.adam_beta2}"),
+        (0 < o.eps < 1, f"optimizer.eps must be > 0 and < 1, got {o.eps}"),
         (t.per_device_train_batch_size >= 1, "trainer.per_device_train_batch_size must be >= 1"),
         (t.gradient_accumulation_steps >= 1, "trainer.gradient_accumulation_steps must be >= 1"),
         (
             t.max_steps > 0 or t.num_train_epochs > 0,
             "set trainer.max_steps > 0 or trainer.num_train_epochs > 0",
         ),
+        (
+            0 <= t.num_train_epochs < math.inf,
+            f"trainer.num_train_epochs must be >= 0 and finite, got {t.num_train_epochs}",
+        ),
         (t.logging_steps > 0, f"trainer.logging_steps must be > 0, got {t.logging_steps}"),
         (t.save_steps > 0, f"trainer.save_steps must be > 0, got {t.save_steps}"),
         (t.eval_steps is None or t.eval_steps > 0, f"trainer.eval_steps must be > 0, got {t.eval_steps}"),
+        # rotation keeps the newest `save_total_limit` checkpoints: a negative one would delete
+        # every checkpoint right after writing it (checkpoint.rotate), 0 would mean unlimited
+        (
+            t.save_total_limit is None or t.save_total_limit >= 1,
+            "trainer.save_total_limit must be >= 1, or null to keep every checkpoint, "
+            f"got {t.save_total_limit}",
+        ),
         (cfg.loss.chunk_tokens >= 1, f"loss.chunk_tokens must be >= 1, got {cfg.loss.chunk_tokens}"),
         (0 <= d.eval_fraction < 1, f"data.eval_fraction must be in [0, 1), got {d.eval_fraction}"),
         (

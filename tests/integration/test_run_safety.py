@@ -311,6 +311,35 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_75(tmp_path, cache_dir):
     assert 3 <= step < 400 and (out / f"checkpoint-{step}" / "COMPLETE").is_file()
     assert f"checkpoint-{step} is complete; run the same command to resume" in line
     assert not (out / "final").exists()
+    # result.json says how the run ended (a launcher reads the signal's name there, issue 19)
+    result = json.loads((out / "result.json").read_text())
+    assert (result["status"], result["stopped_by"], result["global_step"]) == ("preempted", "SIGINT", step)
+    assert result["final_dir"] is None
+
+
+def test_a_signal_to_a_worker_is_named_by_the_launcher(tmp_path, cache_dir):
+    """Issue 19: SLURM signals every task and `kill` reaches one rank, so the launcher of a
+    self-launched run may not see the signal itself: it used to say "stopped by a signal". The
+    ranks agree on the signal, rank 0 records it, the launcher names it."""
+    import psutil
+
+    from vicuna_sft.errors import PREEMPTED_EXIT
+
+    out = tmp_path / "run"
+    layout = ["fsdp=ddp", "distributed.nproc_per_node=2"]  # two CPU workers, one of them signalled
+    args = [*BASE, *layout, "trainer.max_steps=400", "trainer.save_steps=2", f"hydra.run.dir={out}"]
+    proc = start(cache_dir, args, tmp_path)
+    wait_for(out / "checkpoint-2" / "COMPLETE", proc)
+    workers = [p for p in psutil.Process(proc.pid).children() if "vicuna_sft.launch.worker" in p.cmdline()]
+    assert len(workers) == 2
+    workers[-1].send_signal(signal.SIGTERM)  # one worker only: the launcher never receives it
+    _stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == PREEMPTED_EXIT, stderr[-3000:]
+    assert "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if x.startswith("vicuna_sft: stopped")]
+    step = int(line.split("at step ")[1].split(":")[0])
+    assert line.startswith(f"vicuna_sft: stopped by SIGTERM at step {step}: "), line
+    assert (out / f"checkpoint-{step}" / "COMPLETE").is_file()
 
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path, cache_dir):

@@ -1,6 +1,7 @@
 """End to end on the tiny model, through the CLI exactly as a user runs it (CPU, offline)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -212,6 +213,82 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path, run_module):
     rows = json.loads((sweep / "summary.json").read_text())
     assert [(row["job"], row["status"]) for row in rows] == [("0", "failed"), ("1", "completed")]
     assert rows[1]["global_step"] == 4
+
+
+POISON = "{_target_: vicuna_test_callbacks.PoisonWeights, step: 3}"  # nan weights after step 3
+DIVERGES = [
+    "trainer.max_steps=10",
+    "trainer.logging_steps=2",
+    "trainer.save_steps=2",
+    "trainer.eval_strategy=no",
+]
+
+
+def test_a_diverged_run_stops_and_is_never_best(tmp_path, run_module):
+    """Issue 19: nan weights used to train on to the end with a logged loss of 0.0 (transformers'
+    nan filter), exit 0, and win a sweep. Now the run stops at the first check after it (step 4:
+    logging_steps=2) without saving that step, says so in one line, exits 1, and its result.json
+    says diverged."""
+    out = tmp_path / "run"
+    r = run_module("vicuna_sft", *overrides(out, *DIVERGES, f"trainer.callbacks=[{POISON}]"), cwd=tmp_path)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if "diverged" in x]
+    assert line.startswith(
+        "vicuna_sft: error: training diverged at step 4: grad_norm is nan (finite at step 2"
+    )
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "diverged" and result["diverged_at_step"] == 4 and result["global_step"] == 4
+    assert result["final_train_loss"] is None and result["final_dir"] is None and result["error"] in line
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]  # not checkpoint-4
+    assert not (out / "final").exists()
+
+    sweep = tmp_path / "sweep"
+    r = run_module(
+        "vicuna_sft",
+        "-m",
+        *SMOKE,
+        *DIVERGES,
+        f"trainer.callbacks=[],[{POISON}]",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 1 and "1 of 2 sweep jobs failed: ['1']" in r.stderr, r.stderr[-3000:]
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [(row["job"], row["status"], row["best"]) for row in rows] == [
+        ("0", "completed", True),
+        ("1", "diverged", False),
+    ]
+    assert rows[1]["objective"] is None and rows[1]["error"].startswith("training diverged at step 4")
+    assert rows[0]["global_step"] == 10 and math.isfinite(rows[0]["objective"])
+    assert f"best: job 0 trainer.callbacks=[] eval_loss {rows[0]['objective']:.4f}" in r.stdout
+
+
+def test_a_weighted_source_that_contributes_nothing_is_reported(tmp_path, run_module, sample_path):
+    """Issue 19: `{path: one_record.json, weight: 0.4}` next to other data trained on none of it,
+    silently. The log and data_stats.json now give each source's samples, and it gets a warning."""
+    one = tmp_path / "one_record.json"
+    one.write_text(json.dumps(json.loads(sample_path.read_text())[:1]))
+    out = tmp_path / "run"
+    path = f"data.path=[{sample_path},{{path: {one}, weight: 0.4}}]"
+    r = run_module(
+        "vicuna_sft", *overrides(out, path, "trainer.max_steps=2", "trainer.eval_strategy=no"), cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = json.loads((out / "data_stats.json").read_text())["records"]
+    sample, single = stats[str(sample_path)], stats[str(one)]
+    assert (single["weight"], single["train_samples"]) == (0.4, 0)
+    assert sample["train_samples"] == sample["train_records"] > 0
+    assert sample["train_records"] + single["train_records"] + stats_eval(out) == sample["kept"] + 1
+    log = r.stdout + r.stderr
+    (line,) = [x for x in log.splitlines() if "contributes no training sample" in x]
+    assert f"data {one} contributes no training sample" in line and "weight 0.4" in line
+    assert f"; weight 1: {sample['train_samples']} training samples" in log
+
+
+def stats_eval(out) -> int:
+    """Conversations held out for eval (data.eval_fraction of every source, before weighting)."""
+    return json.loads((out / "data_stats.json").read_text())["eval"]["read"]
 
 
 def test_trainer_callbacks_add_a_real_transformers_callback(tmp_path, run_module):

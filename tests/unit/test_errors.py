@@ -300,7 +300,29 @@ def test_cli_max_length_must_be_positive(tmp_path, cli):
 
 def test_cli_negative_lr(tmp_path, cli):
     r = cli("optimizer.lr=-1e-5")
-    assert_clean_failure(r, "vicuna_sft: error: invalid config", "optimizer.lr must be > 0, got -1e-05")
+    assert_clean_failure(
+        r, "vicuna_sft: error: invalid config", "optimizer.lr must be > 0 and <= 1, got -1e-05"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=inf", "optimizer.lr must be > 0 and <= 1, got inf"),
+        ("optimizer.lr=1e30", "optimizer.lr must be > 0 and <= 1, got 1e+30"),
+        ("optimizer.max_grad_norm=nan", "optimizer.max_grad_norm must be >= 0 and finite"),
+        (
+            "trainer.save_total_limit=-1",
+            "trainer.save_total_limit must be >= 1, or null to keep every checkpoint",
+        ),
+    ],
+)
+def test_cli_absurd_numbers_are_refused_before_training(tmp_path, cli, override, message):
+    """lr=inf used to train (nan weights, a logged loss of 0.0) and save_total_limit=-1 to delete
+    every checkpoint as it was written (issue 19): now refused before any weights load."""
+    r = cli(override)
+    assert_clean_failure(r, "vicuna_sft: error: invalid config", message)
+    assert r.returncode == 1 and not (tmp_path / "run" / "result.json").exists()
 
 
 def test_cli_missing_required_data_path(tmp_path, cli):

@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from vicuna_sft.config import DataConfig, register_configs, to_config
 from vicuna_sft.data.conversation import VICUNA_SYSTEM
-from vicuna_sft.data.dataset import build_datasets
+from vicuna_sft.data.dataset import build_datasets, report_data
 from vicuna_sft.data.sources import apply_weights, data_digests, file_digest
 from vicuna_sft.errors import UserError
 from vicuna_sft.validation import ConfigError, validate
@@ -94,6 +94,42 @@ def test_weights_repeat_and_subsample_train_only_and_system_per_source(bpe_token
     assert all(VICUNA_SYSTEM in t for rid, t in text.items() if rid.startswith("m"))
     assert all("Record's own system." in t for rid, t in text.items() if rid.startswith("o"))
     assert set(data.stats["records"]) == {main, ident, own}
+
+
+def test_each_source_reports_its_weighted_samples_and_one_that_vanishes_warns(
+    bpe_tokenizer, tmp_path, caplog
+):
+    """Issue 19: a fractional weight on a small file (one record x 0.4 rounds to none) used to
+    contribute no sample without a word. Every training source now reports what it contributes."""
+    import logging
+
+    main = write(tmp_path / "main.json", 10, "m")
+    ident = write(tmp_path / "ident.json", 4, "i")
+    one = write(tmp_path / "one_record.json", 1, "x")
+    cfg = DataConfig(
+        path=[main, {"path": ident, "weight": 2.5}, {"path": one, "weight": 0.4}],
+        max_length=256,
+        cache=False,
+    )
+    with caplog.at_level(logging.INFO, logger="vicuna_sft.data.dataset"):
+        data = build_datasets(cfg, bpe_tokenizer, seed=0)
+        report_data(data.stats, str(tmp_path))
+    contributed = {
+        p: (s["weight"], s["train_records"], s["train_samples"]) for p, s in data.stats["records"].items()
+    }
+    assert contributed == {main: (1.0, 10, 10), ident: (2.5, 4, 10), one: (0.4, 1, 0)}
+    assert len(data.train) == 20 == sum(n for _, _, n in contributed.values())
+    assert json.loads((tmp_path / "data_stats.json").read_text())["records"][one]["train_samples"] == 0
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert (
+        f"data {ident}: 4 records read, 4 kept; weight 2.5: 10 training samples from 4 training records"
+        in infos
+    )
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == (
+        f"data {one} contributes no training sample (1 training records after the eval split, weight 0.4): "
+        "raise its weight, or drop the source"
+    )
 
 
 def test_apply_weights_is_seeded_and_exact():

@@ -125,6 +125,11 @@ def print_stats(s: dict[str, Any]) -> None:
         lines.append(
             f"  {path}: {r['read']} records, {r['kept']} usable"
             + (f", dropped {r['dropped']}" if r["dropped"] else "")
+            + (
+                f"; weight {r['weight']:g}: {r['train_samples']} training samples"
+                if "train_samples" in r
+                else ""
+            )
         )
     for name in ("train", "eval"):
         if name not in s:

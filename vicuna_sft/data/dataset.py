@@ -55,7 +55,18 @@ def report_data(stats: dict[str, Any], out: str) -> None:
             msg += f", dropped {s['dropped']}"
         if s["adjusted"]:
             msg += f", adjusted {s['adjusted']}"
+        if "train_samples" in s:  # a training source (not data.eval_path)
+            msg += f"; weight {s['weight']:g}: {s['train_samples']} training samples"
+            msg += f" from {s['train_records']} training records"
         log.info(msg)
+        if s.get("train_samples") == 0:
+            log.warning(
+                "data %s contributes no training sample (%d training records after the eval split, "
+                "weight %g): raise its weight, or drop the source",
+                path,
+                s["train_records"],
+                s["weight"],
+            )
     for split in ("train", "eval"):
         if split in stats:
             log.info("%s samples: %s", split, stats[split])
@@ -173,10 +184,12 @@ class LazyDataset(torch.utils.data.Dataset):
 
 def read_splits(cfg: DataConfig, seed: int) -> tuple[list[Conversation], list[Conversation], dict[str, Any]]:
     """Train and eval conversations of every source (weights applied to train only) and the
-    per-file record stats."""
+    per-file record stats; a training source's stats also say how many training samples it
+    contributes once weighted (`weight`, `train_records` after the eval split, `train_samples`)."""
     skip = cfg.on_error == OnError["skip"]
-    items, weights, records = [], [], {}
-    for src in sources(cfg):
+    items, weights, origin, records = [], [], [], {}
+    srcs = sources(cfg)
+    for k, src in enumerate(srcs):
         if src.path in records:
             raise DataError(f"data.path: {src.path} is listed twice; give it one source with a weight")
         convs, records[src.path] = load_conversations(
@@ -184,22 +197,32 @@ def read_splits(cfg: DataConfig, seed: int) -> tuple[list[Conversation], list[Co
         )
         items += convs
         weights += [src.weight] * len(convs)
+        origin += [k] * len(convs)
     if cfg.eval_path:
-        train_items = list(zip(items, weights))
+        train_items = list(zip(items, weights, origin))
         eval_convs, records[cfg.eval_path] = load_conversations(cfg.eval_path, skip_errors=skip)
     else:
-        train_items, eval_items = split_eval(list(zip(items, weights)), cfg.eval_fraction, seed)
-        eval_convs = [c for c, _ in eval_items]
+        train_items, eval_items = split_eval(list(zip(items, weights, origin)), cfg.eval_fraction, seed)
+        eval_convs = [c for c, _, _ in eval_items]
     for path, s in records.items():
         s.kept = s.read - sum(s.dropped.values())
         if s.kept == 0:
             raise DataError(f"{path}: no usable record out of {s.read} (dropped: {dict(s.dropped)})")
-    train_convs = apply_weights([c for c, _ in train_items], [w for _, w in train_items], seed)
+    # the weights pick positions (the same picks as on the conversations), so that each sample's
+    # source is known: a fractional weight on a small source can round to no sample at all
+    picked = apply_weights(list(range(len(train_items))), [w for _, w, _ in train_items], seed)
+    train_convs = [train_items[i][0] for i in picked]
     record_keys = ("read", "kept", "dropped", "adjusted")  # token counts belong to the splits
     record_stats = {
         p: {"xxh3_128": file_digest(p), **{k: v for k, v in s.as_dict().items() if k in record_keys}}
         for p, s in records.items()
     }
+    for k, src in enumerate(srcs):
+        record_stats[src.path].update(
+            weight=src.weight,
+            train_records=sum(1 for _, _, o in train_items if o == k),
+            train_samples=sum(1 for i in picked if train_items[i][2] == k),
+        )
     return train_convs, eval_convs, record_stats
 
 

@@ -18,12 +18,13 @@ import os
 import random
 import time
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import DataConfig, SourceConfig, cache_root
 from ..files import hash_file, replacing
-from .conversation import Conversation
 from .records import DataError
+
+T = TypeVar("T")
 
 
 def sources(cfg: DataConfig) -> list[SourceConfig]:
@@ -84,10 +85,11 @@ def data_digests(cfg: DataConfig) -> dict[str, str]:
     return {p: file_digest(p) for p in paths}
 
 
-def apply_weights(convs: list[Conversation], weights: list[float], seed: int) -> list[Conversation]:
+def apply_weights(convs: list[T], weights: list[float], seed: int) -> list[T]:
     """Each conversation floor(w) times, plus once more for a seeded fraction (w mod 1) of each
-    weight group; order: the original order, copies after the original."""
-    out: list[Conversation] = []
+    weight group; order: the original order, copies after the original. The picks depend only on
+    the weights and the seed, not on the items (dataset.read_splits weights positions)."""
+    out: list[T] = []
     extra: set[int] = set()
     rng = random.Random(seed)
     for w in sorted(set(weights)):

@@ -29,7 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import Config, FsdpStrategy, RdzvBackend, as_dict
-from ..errors import PREEMPTED_EXIT, Preempted, UserError
+from ..errors import PREEMPTED_EXIT, Diverged, Preempted, UserError
 from ..files import replacing
 from ..process import check_writable_dir, is_worker, rank, world_size
 from ..validation import checked
@@ -118,7 +118,7 @@ def launch(cfg: Config) -> dict[str, Any]:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from ..training.result import RESULT_FILE
+    from ..training.result import DIVERGED, RESULT_FILE
 
     d = cfg.distributed
     if d.nnodes > 1 and not d.rdzv_endpoint:
@@ -171,6 +171,7 @@ def launch(cfg: Config) -> dict[str, Any]:
             elastic_launch(config, sys.executable)("-u", "-m", WORKER_MODULE, path)
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values()]
+        reported = read_result(result_file)  # rank 0's account of how the run ended, if it wrote one
         # A rank exits 75 only once the stop's checkpoint is complete on every rank; the agent then
         # sends its closing SIGTERM to ranks still exiting, which may die of it: still a clean stop.
         closing = (-signal.SIGTERM, -signal.SIGKILL)
@@ -179,16 +180,30 @@ def launch(cfg: Config) -> dict[str, Any]:
 
             latest = latest_complete(out)
             raise Preempted(
-                f"stopped by {received[0] if received else 'a signal'} at step {step_of(latest) if latest else 0}: "
+                f"stopped by {stop_signal(received, reported)} at step {step_of(latest) if latest else 0}: "
                 f"{latest} is complete; run the same command to resume (exit code {PREEMPTED_EXIT})"
             ) from None
+        if reported.get("status") == DIVERGED:
+            raise Diverged(reported["error"]) from None
         failures = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
         raise LaunchError(f"distributed run failed ({failures}); the workers' messages are above") from None
-    result: dict[str, Any] = {}
-    if os.path.isfile(result_file):
-        with open(result_file) as f:
-            result = json.load(f)
-    return result
+    return read_result(result_file)
+
+
+def read_result(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def stop_signal(received: list[str], reported: dict[str, Any]) -> str:
+    """The signal that stopped the workers: the one this launcher passed on, else the one the
+    workers got directly (SLURM signals every task, `kill` reaches one rank), which rank 0 records
+    in result.json (run.run), else - a rank 0 that died before writing it - unknown."""
+    if received:
+        return received[0]
+    return reported.get("stopped_by") or "an unknown signal (rank 0 wrote no result.json)"
 
 
 @contextlib.contextmanager

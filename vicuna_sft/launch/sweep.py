@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..process import rank
-from ..training.result import RESULT_FILE, objective
+from ..training.result import COMPLETED, RESULT_FILE, objective
 
 COLUMNS = [
     "job",
@@ -128,14 +128,15 @@ class SweepSummary(Callback):
                 {
                     "job": name,
                     "overrides": " ".join(overrides),
-                    "status": "completed" if result else "failed",
+                    # a job that wrote a result ended as it says (a diverged one as "diverged")
+                    "status": result.get("status", COMPLETED) if result else "failed",
                     "final_train_loss": result.get("final_train_loss"),
                     "eval_loss": result.get("eval_loss"),
                     "objective": objective(result),
                     "best": False,
                     "global_step": result.get("global_step"),
                     "output_dir": result.get("output_dir", job_dir),
-                    "error": error,
+                    "error": result.get("error", error),
                 }
             )
         best = best_row(rows)
@@ -153,7 +154,7 @@ class SweepSummary(Callback):
         print(f"sweep summary ({len(rows)} jobs): {os.path.join(sweep_dir, 'summary.csv')}, {plot}")
         if best is not None:
             print(describe_best(best, swept_keys(rows)))
-        failed = [row["job"] for row in rows if row["status"] == "failed"]
+        failed = [row["job"] for row in rows if row["status"] != COMPLETED]
         if failed:  # the sweep ran to the end, but its exit status must still say it failed
             print(
                 f"vicuna_sft: error: {len(failed)} of {len(rows)} sweep jobs failed: {failed}",

@@ -16,6 +16,7 @@ from .checkpoint import (
     write_failure,
     write_fingerprint,
 )
+from .divergence import StopOnDivergence
 from .plots import LossPlot, plotting_available
 from .preemption import StopOnSignal
 from .throughput import Throughput
@@ -88,12 +89,14 @@ def build_callbacks(
     fingerprint: dict | None = None,
     save_total_limit: int | None = None,
     stop: StopOnSignal | None = None,
+    divergence: StopOnDivergence | None = None,
 ) -> list[TrainerCallback]:
     """The user's `trainer.callbacks` (Hydra `_target_` nodes, instantiated here), then the
     built-in ones. Within each event the Trainer calls them in this order, so a user callback's
     `on_save` sees a checkpoint before it is marked complete, and `on_train_begin` runs before the
     resumed-at-max_steps check. Throughput (tokens/s, MFU: training/throughput.py) and LossPlot
-    (plots/loss.png: training/plots.py) only observe."""
+    (plots/loss.png: training/plots.py) only observe. StopOnDivergence comes last: it makes a step
+    that any earlier callback decided to save (StopOnSignal included) log first, to be checked."""
     from hydra.utils import instantiate
 
     user = []
@@ -119,4 +122,5 @@ def build_callbacks(
         *([LossPlot()] if plotting_available() else []),
         LogLastStep(),
         *([stop] if stop else []),
+        *([divergence] if divergence else []),
     ]

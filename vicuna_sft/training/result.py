@@ -8,13 +8,20 @@ from typing import Any
 from .checkpoint import step_of
 
 RESULT_FILE = "result.json"
+# result["status"]: how the run ended. Only a completed run has a final model and an objective;
+# a diverged one stopped on non-finite training (training/divergence.py), a preempted one on a
+# signal after a complete checkpoint (training/preemption.py). A result without one is completed.
+COMPLETED, DIVERGED, PREEMPTED = "completed", "diverged", "preempted"
 
 
 def objective(result: dict[str, Any]) -> float | None:
     """What a sweep minimizes (and what each job returns to a searching sweeper such as Optuna):
     the final eval loss, else the final train loss (a run without eval data). None for a run
     without one or with a non-finite one (diverged): Optuna then marks the trial FAILED (a NaN
-    would stop its study), and the summary never names it best."""
+    would stop its study), and the summary never names it best. None as well for a run that did not
+    complete (diverged, preempted): its losses are not those of a finished run."""
+    if result.get("status", COMPLETED) != COMPLETED:
+        return None
     value = result.get("eval_loss")
     if value is None:
         value = result.get("final_train_loss")
@@ -44,6 +51,7 @@ def run_result(
             start = step_of(resumed_from) + 1  # the Trainer's running loss restarts at the resumed step
         window = [start, losses[-1][0]]
     return {
+        "status": COMPLETED,
         "output_dir": trainer.args.output_dir,
         "final_dir": saved["final_dir"],  # None: an adapter run with adapter.merge=false
         "adapter_dir": saved["adapter_dir"],  # None: full fine-tuning
@@ -57,9 +65,21 @@ def run_result(
     }
 
 
+def stopped_result(trainer: Any, resumed_from: str | None, status: str, **details: Any) -> dict[str, Any]:
+    """The result of a run that stopped before the end: no final model, no final eval. A diverged
+    run's last logged loss is not a loss of its model (transformers' nan filter logs an average of
+    the earlier ones in place of a nan), so it reports none."""
+    result = run_result(trainer, {}, {"final_dir": None, "adapter_dir": None}, resumed_from)
+    if status == DIVERGED:
+        result.update(final_train_loss=None, final_train_loss_steps=None)
+    return {**result, "status": status, **details}
+
+
 def write_result(result: dict[str, Any], output_dir: str) -> None:
+    # strict JSON: a non-finite number (a diverged run's) is written as null, which every reader parses
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}
     with open(os.path.join(output_dir, RESULT_FILE), "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(clean, f, indent=2, allow_nan=False)
 
 
 def print_result(r: dict[str, Any]) -> None:
