@@ -66,40 +66,81 @@ class Spec:
     template_adds_bos: bool
     tools: bool = False
     reasoning: bool = False
+    # False: add_generation_prompt renders nothing (Mistral: a prompt already ends with [/INST])
+    generation_prompt: bool = True
 
 
 SPECS: dict[str, Spec] = {
     "llama3": Spec(
-        "llama3.1.jinja", True, "Meta Llama-3 tiktoken BPE (llama-models 0.3.0), 128,256 tokens",
-        eot="<|eot_id|>", bos="<|begin_of_text|>", template_adds_bos=True, tools=True,
+        "llama3.1.jinja",
+        True,
+        "Meta Llama-3 tiktoken BPE (llama-models 0.3.0), 128,256 tokens",
+        eot="<|eot_id|>",
+        bos="<|begin_of_text|>",
+        template_adds_bos=True,
+        tools=True,
     ),
     "qwen2.5": Spec(
-        "qwen2.5.jinja", False, "byte-level BPE stand-in with Qwen2.5's added tokens",
-        eot="<|im_end|>", bos=None, template_adds_bos=False, tools=True,
+        "qwen2.5.jinja",
+        False,
+        "byte-level BPE stand-in with Qwen2.5's added tokens",
+        eot="<|im_end|>",
+        bos=None,
+        template_adds_bos=False,
+        tools=True,
     ),
     "qwen3": Spec(
-        "qwen3.jinja", False, "byte-level BPE stand-in with Qwen3's added tokens",
-        eot="<|im_end|>", bos=None, template_adds_bos=False, tools=True, reasoning=True,
+        "qwen3.jinja",
+        False,
+        "byte-level BPE stand-in with Qwen3's added tokens",
+        eot="<|im_end|>",
+        bos=None,
+        template_adds_bos=False,
+        tools=True,
+        reasoning=True,
     ),
     "mistral_v3": Spec(
-        "mistral_v3.jinja", True, "Mistral tokenizer v3 SentencePiece (mistral-common 1.13.1), 32,768 pieces",
-        eot="</s>", bos="<s>", template_adds_bos=True, tools=True,
+        "mistral_v3.jinja",
+        True,
+        "Mistral tokenizer v3 SentencePiece (mistral-common 1.13.1), 32,768 pieces",
+        eot="</s>",
+        bos="<s>",
+        template_adds_bos=True,
+        tools=True,
+        generation_prompt=False,
     ),
     "mistral_v7": Spec(
-        "mistral_v7.jinja", True, "Mistral tokenizer v7 SentencePiece (mistral-common 1.13.1), 32,768 pieces",
-        eot="</s>", bos="<s>", template_adds_bos=True,
+        "mistral_v7.jinja",
+        True,
+        "Mistral tokenizer v7 SentencePiece (mistral-common 1.13.1), 32,768 pieces",
+        eot="</s>",
+        bos="<s>",
+        template_adds_bos=True,
+        generation_prompt=False,
     ),
     "gemma3": Spec(
-        "gemma3.jinja", False, "byte-level BPE stand-in with Gemma-3's special tokens",
-        eot="<end_of_turn>", bos="<bos>", template_adds_bos=True,
+        "gemma3.jinja",
+        False,
+        "byte-level BPE stand-in with Gemma-3's special tokens",
+        eot="<end_of_turn>",
+        bos="<bos>",
+        template_adds_bos=True,
     ),
     "phi4": Spec(
-        "phi4.jinja", False, "byte-level BPE stand-in with Phi-4's special tokens",
-        eot="<|im_end|>", bos="<|endoftext|>", template_adds_bos=False,
+        "phi4.jinja",
+        False,
+        "byte-level BPE stand-in with Phi-4's special tokens",
+        eot="<|im_end|>",
+        bos="<|endoftext|>",
+        template_adds_bos=False,
     ),
     "vicuna": Spec(
-        None, True, "Mistral-7B v0.1 SentencePiece (the Vicuna/Llama-2 structure), 32,000 pieces",
-        eot="</s>", bos="<s>", template_adds_bos=False,
+        None,
+        True,
+        "Mistral-7B v0.1 SentencePiece (the Vicuna/Llama-2 structure), 32,000 pieces",
+        eot="</s>",
+        bos="<s>",
+        template_adds_bos=False,
     ),
 }
 
@@ -241,39 +282,283 @@ QWEN_PATTERN = (
 # Qwen2.5's added tokens in id order (tokenizer_config.json added_tokens_decoder): special ones,
 # then the non-special tool-call and FIM markers
 QWEN25_SPECIAL = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 QWEN25_PLAIN = [
-    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-    "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
 ]
-QWEN3_PLAIN = QWEN25_PLAIN + ["<tool_response>", "</tool_response>", "<think>", "</think>"]
+QWEN3_PLAIN = [*QWEN25_PLAIN, "<tool_response>", "</tool_response>", "<think>", "</think>"]
 GEMMA_FIRST = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0-3 as in Gemma
-GEMMA_SPECIAL = ["<mask>", "[multimodal]", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>"]
+GEMMA_SPECIAL = [
+    "<mask>",
+    "[multimodal]",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+]
 PHI4_SPECIAL = [
-    "<|dummy_0|>", "<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-    "<|dummy_1|>", "<|dummy_2|>", "<|dummy_3|>", "<|im_start|>", "<|im_end|>", "<|im_sep|>",
+    "<|dummy_0|>",
+    "<|endoftext|>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|dummy_1|>",
+    "<|dummy_2|>",
+    "<|dummy_3|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|im_sep|>",
     "<|dummy_85|>",
 ]
 
-_WORDS = (
-    "the of and to a in is it you that he was for on are with as I his they be at one have this "
-    "from or had by hot word but what some we can out other were all there when up use your how "
-    "said an each she which do their time if will way about many then them write would like so "
-    "these her long make thing see him two has look more day could go come did number sound no "
-    "most people my over know water than call first who may down side been now find any new work "
-    "part take get place made live where after back little only round man year came show every "
-    "good me give our under name very through just form sentence great think say help low line "
-    "differ turn cause much mean before move right boy old too same tell does set three want air "
-    "well also play small end put home read hand port large spell add even land here must big "
-    "weather Paris London Tokyo tool function call arguments name result search query location "
-    "temperature celsius unit think reasoning answer step because therefore question assistant "
-    "user system model helpful Qwen Alibaba Cloud Gemma Phi Microsoft Mistral Llama Meta"
-).split()
-_UNICODE = ["café", "naïve", "Größe", "déjà vu", "日本語のテキスト", "中文文本", "한국어", "Ελληνικά",
-            "кириллица", "emoji 😀 🎉 👍", "→ ≤ ≥ ∑ π", "\u00a0nbsp", "e\u0301"]
+_WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "a",
+    "in",
+    "is",
+    "it",
+    "you",
+    "that",
+    "he",
+    "was",
+    "for",
+    "on",
+    "are",
+    "with",
+    "as",
+    "I",
+    "his",
+    "they",
+    "be",
+    "at",
+    "one",
+    "have",
+    "this",
+    "from",
+    "or",
+    "had",
+    "by",
+    "hot",
+    "word",
+    "but",
+    "what",
+    "some",
+    "we",
+    "can",
+    "out",
+    "other",
+    "were",
+    "all",
+    "there",
+    "when",
+    "up",
+    "use",
+    "your",
+    "how",
+    "said",
+    "an",
+    "each",
+    "she",
+    "which",
+    "do",
+    "their",
+    "time",
+    "if",
+    "will",
+    "way",
+    "about",
+    "many",
+    "then",
+    "them",
+    "write",
+    "would",
+    "like",
+    "so",
+    "these",
+    "her",
+    "long",
+    "make",
+    "thing",
+    "see",
+    "him",
+    "two",
+    "has",
+    "look",
+    "more",
+    "day",
+    "could",
+    "go",
+    "come",
+    "did",
+    "number",
+    "sound",
+    "no",
+    "most",
+    "people",
+    "my",
+    "over",
+    "know",
+    "water",
+    "than",
+    "call",
+    "first",
+    "who",
+    "may",
+    "down",
+    "side",
+    "been",
+    "now",
+    "find",
+    "any",
+    "new",
+    "work",
+    "part",
+    "take",
+    "get",
+    "place",
+    "made",
+    "live",
+    "where",
+    "after",
+    "back",
+    "little",
+    "only",
+    "round",
+    "man",
+    "year",
+    "came",
+    "show",
+    "every",
+    "good",
+    "me",
+    "give",
+    "our",
+    "under",
+    "name",
+    "very",
+    "through",
+    "just",
+    "form",
+    "sentence",
+    "great",
+    "think",
+    "say",
+    "help",
+    "low",
+    "line",
+    "differ",
+    "turn",
+    "cause",
+    "much",
+    "mean",
+    "before",
+    "move",
+    "right",
+    "boy",
+    "old",
+    "too",
+    "same",
+    "tell",
+    "does",
+    "set",
+    "three",
+    "want",
+    "air",
+    "well",
+    "also",
+    "play",
+    "small",
+    "end",
+    "put",
+    "home",
+    "read",
+    "hand",
+    "port",
+    "large",
+    "spell",
+    "add",
+    "even",
+    "land",
+    "here",
+    "must",
+    "big",
+    "weather",
+    "Paris",
+    "London",
+    "Tokyo",
+    "tool",
+    "function",
+    "call",
+    "arguments",
+    "name",
+    "result",
+    "search",
+    "query",
+    "location",
+    "temperature",
+    "celsius",
+    "unit",
+    "think",
+    "reasoning",
+    "answer",
+    "step",
+    "because",
+    "therefore",
+    "question",
+    "assistant",
+    "user",
+    "system",
+    "model",
+    "helpful",
+    "Qwen",
+    "Alibaba",
+    "Cloud",
+    "Gemma",
+    "Phi",
+    "Microsoft",
+    "Mistral",
+    "Llama",
+    "Meta",
+]
+_UNICODE = [
+    "café",
+    "naïve",
+    "Größe",
+    "déjà vu",
+    "日本語のテキスト",
+    "中文文本",
+    "한국어",
+    "Ελληνικά",
+    "кириллица",
+    "emoji 😀 🎉 👍",
+    "→ ≤ ≥ ∑ π",
+    "\u00a0nbsp",
+    "e\u0301",
+]
 
 
 def _corpus(extra: list[str]) -> list[str]:
@@ -311,7 +596,17 @@ def _train_bpe(
 ):
     """Byte-level BPE: ``first`` become special tokens at ids 0.. (trainer), ``special`` and
     ``plain`` added after training (special / non-special added tokens, as the family has them)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tk = Tokenizer(models.BPE())
     if nfc:
@@ -343,7 +638,7 @@ _QWEN_TEXT = [
     "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with "
     "function signatures within <tools></tools> XML tags:\n<tools>",
-    '\n</tools>\n\nFor each function call, return a json object with function name and arguments within '
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
     '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>',
     "system\nuser\nassistant\n<tool_response>\n</tool_response>\n<think>\n\n</think>\n\n",
 ]
@@ -352,7 +647,9 @@ _QWEN_TEXT = [
 def _build_qwen(plain: list[str]):
     from transformers import PreTrainedTokenizerFast
 
-    tk = _train_bpe(pattern=QWEN_PATTERN, nfc=True, first=[], special=QWEN25_SPECIAL, plain=plain, extra_text=_QWEN_TEXT)
+    tk = _train_bpe(
+        pattern=QWEN_PATTERN, nfc=True, first=[], special=QWEN25_SPECIAL, plain=plain, extra_text=_QWEN_TEXT
+    )
     # Qwen2.5-Instruct / Qwen3 tokenizer_config.json: no bos, eos <|im_end|>, pad <|endoftext|>
     return PreTrainedTokenizerFast(
         tokenizer_object=tk,
@@ -371,13 +668,17 @@ def _build_gemma3():
     from transformers import PreTrainedTokenizerFast
 
     text = ["<start_of_turn>user\n", "<start_of_turn>model\n", "You are a helpful assistant.\n\n"]
-    tk = _train_bpe(pattern=None, nfc=False, first=GEMMA_FIRST, special=GEMMA_SPECIAL, plain=[], extra_text=text)
+    tk = _train_bpe(
+        pattern=None, nfc=False, first=GEMMA_FIRST, special=GEMMA_SPECIAL, plain=[], extra_text=text
+    )
     # Gemma's tokenizer prepends <bos> when encoding (add_bos_token true); its template also renders it
     tk.post_processor = processors.Sequence(
         [
             processors.ByteLevel(trim_offsets=False),
             processors.TemplateProcessing(
-                single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", tk.token_to_id("<bos>"))]
+                single="<bos> $A",
+                pair="<bos> $A <bos> $B",
+                special_tokens=[("<bos>", tk.token_to_id("<bos>"))],
             ),
         ]
     )
@@ -396,7 +697,9 @@ def _build_phi4():
     from transformers import PreTrainedTokenizerFast
 
     text = ["<|im_start|>system<|im_sep|>", "<|im_start|>user<|im_sep|>", "<|im_start|>assistant<|im_sep|>"]
-    tk = _train_bpe(pattern=LLAMA3_PATTERN, nfc=False, first=[], special=PHI4_SPECIAL, plain=[], extra_text=text)
+    tk = _train_bpe(
+        pattern=LLAMA3_PATTERN, nfc=False, first=[], special=PHI4_SPECIAL, plain=[], extra_text=text
+    )
     # microsoft/phi-4 tokenizer_config.json: bos <|endoftext|> (never added), eos <|im_end|>, pad <|dummy_85|>
     return PreTrainedTokenizerFast(
         tokenizer_object=tk,
