@@ -254,7 +254,8 @@ def _build_llama3():
         tokenizer_object=tk,
         bos_token=bos,
         eos_token="<|eot_id|>",
-        clean_up_tokenization_spaces=True,
+        # Meta's config says true, but transformers 5 ignores (and warns about) that for BPE tokenizers
+        clean_up_tokenization_spaces=False,
         model_input_names=["input_ids", "attention_mask"],
         model_max_length=131072,
     )
@@ -727,13 +728,17 @@ _BUILDERS: dict[str, Callable[[], Any]] = {
 # --- a local model directory ----------------------------------------------------------------------
 
 
-def tiny_model_dir(tmp_path: str | os.PathLike, fam: str | Family, *, seed: int = 0) -> pathlib.Path:
+def tiny_model_dir(
+    tmp_path: str | os.PathLike, fam: str | Family, *, seed: int = 0, **config_overrides: Any
+) -> pathlib.Path:
     """Write ``<tmp_path>/tiny-<family>``: a randomly initialised tiny ``LlamaForCausalLM``
     (hidden 32, 2 layers, 4 heads, 2 KV heads, vocab = len(tokenizer), fp32 safetensors) and the
     family's tokenizer with its chat template, both with ``save_pretrained``, so that
     ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained(<dir>)`` load it like a hub model.
     ``config.eos_token_id`` is the tokenizer's eos (not necessarily the end-of-turn token, as in
-    the real checkpoints' config.json; Gemma's eos is ``<eos>``, its end-of-turn ``<end_of_turn>``)."""
+    the real checkpoints' config.json; Gemma's eos is ``<eos>``, its end-of-turn ``<end_of_turn>``).
+    ``config_overrides`` go to ``LlamaConfig`` (e.g. ``tie_word_embeddings=True`` halves llama3's
+    33 MB of fp32 weights: its 128,256 x 32 embedding is nearly all of them)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -753,6 +758,8 @@ def tiny_model_dir(tmp_path: str | os.PathLike, fam: str | Family, *, seed: int 
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(out)
