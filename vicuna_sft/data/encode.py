@@ -97,7 +97,7 @@ class Encoder:
         self._markers_re = re.compile(f"{_START}({alternation}){_END}|[{_START}{_END}]")
         self._specials = sorted(specials, key=len, reverse=True)
         self._kwargs = {**tokenizer.special_tokens_map, **(template_kwargs or {})}
-        self._plain, self._text = _backend(tokenizer, as_text=False), _backend(tokenizer, as_text=True)
+        self._plain = _backend(tokenizer)
         self._newline = self._plain.encode("\n", add_special_tokens=False).ids
         self.eot = self._find_end_of_turn()
         self.eot_id = tokenizer.convert_tokens_to_ids(self.eot)
@@ -175,22 +175,41 @@ class Encoder:
         return -1 if i < 0 else i + len(self.eot)
 
     def _turn(self, msgs: list[dict], tools: Any, k: int) -> tuple[str, int, int]:
-        """(F_k, start, end): assistant message k rendered last, its trained span [start, end)."""
+        """(text, start, end): the prompt a server gives for assistant message k followed by the
+        message as the template renders it, its trained span [start, end)."""
         prompt = self._render(msgs[:k], tools, generation=True)
         full = self._render(msgs[: k + 1], tools, generation=False)
-        if not full.startswith(prompt):
-            raise ConversationError(
-                "generation_prompt_mismatch",
-                f"message {k}: the template's generation prompt {prompt[-24:]!r} is not how it starts the "
-                f"assistant message ({full[len(prompt) - 24 : len(prompt) + 8]!r})",
-            )
-        end = self._eot_end(full, len(prompt))
+        if full.startswith(prompt):
+            start = len(prompt)
+        else:
+            # the prompt is rendered differently when the reply follows (Mistral v3 writes the
+            # system prompt into the last user message only): the reply starts after the last
+            # occurrence of the prompt's tail from its last template-written special token
+            anchor = prompt[self._last_special(prompt) :]
+            at = full.rfind(anchor) if anchor else -1
+            if at < 0:
+                raise ConversationError(
+                    "generation_prompt_mismatch",
+                    f"message {k}: the template's generation prompt {prompt[-24:]!r} is not how it starts the "
+                    "assistant message",
+                )
+            full, start = prompt + full[at + len(anchor) :], len(prompt)
+        end = self._eot_end(full, start)
         if end < 0:
             raise ConversationError(
                 "no_end_of_turn",
                 f"message {k}: the template wrote no {self.eot!r} after the assistant message",
             )
-        return full, len(prompt), end
+        return full, start, end
+
+    def _last_special(self, text: str) -> int:
+        """Where the last template-written special token in `text` starts (0: none)."""
+        best = 0
+        for t in self._specials:
+            i = text.rfind(t)
+            if i > best and text[i - 1] != _START:
+                best = i
+        return best
 
     def _layouts(self, conv: Conversation) -> tuple[list[_Layout], str]:
         """The sample texts of a conversation with their trained spans, and the re-layout applied."""
@@ -272,13 +291,14 @@ class Encoder:
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
 
-        def piece(s: str, at: int, backend: Tokenizer, first: bool) -> None:
+        def piece(s: str, at: int, as_text: bool, first: bool) -> None:
+            encode = self._without_added_tokens if as_text else self._with_added_tokens
             if first:
-                enc, shift = backend.encode(s, add_special_tokens=False), 0
+                enc, shift = encode(s), 0
             else:
-                enc, shift = backend.encode("\n" + s, add_special_tokens=False), 1
+                enc, shift = encode("\n" + s), 1
                 if enc.ids[: len(self._newline)] != self._newline:
-                    enc, shift = backend.encode(s, add_special_tokens=False), 0
+                    enc, shift = encode(s), 0
                 else:
                     n = len(self._newline)
                     enc = _Slice(enc.ids[n:], enc.offsets[n:])
@@ -288,13 +308,33 @@ class Encoder:
         pos = 0
         for m in self._markers_re.finditer(text):
             if m.start() > pos or pos == 0:
-                piece(text[pos : m.start()], pos, self._plain, first=pos == 0)
+                piece(text[pos : m.start()], pos, as_text=False, first=pos == 0)
             if m.group(1):
-                piece(m.group(1), m.start(1), self._text, first=False)
+                piece(m.group(1), m.start(1), as_text=True, first=False)
             pos = m.end()
         if pos < len(text):
-            piece(text[pos:], pos, self._plain, first=False)
+            piece(text[pos:], pos, as_text=False, first=False)
         return ids, offsets
+
+    def _with_added_tokens(self, text: str) -> Any:
+        return self._plain.encode(text, add_special_tokens=False)
+
+    def _without_added_tokens(self, text: str) -> "_Slice":
+        """The backend's pipeline without its added tokens (transformers' `_encode_without_added_tokens`)."""
+        b = self._plain
+        if b.normalizer is not None:
+            text = b.normalizer.normalize_str(text)
+        splits = (
+            b.pre_tokenizer.pre_tokenize_str(text)
+            if b.pre_tokenizer is not None
+            else [(text, (0, len(text)))]
+        )
+        ids, offsets = [], []
+        for split, (start, _) in splits:
+            for token in b.model.tokenize(split):
+                ids.append(token.id)
+                offsets.append((start + token.offsets[0], start + token.offsets[1]))
+        return _Slice(ids, offsets)
 
     def _labels(
         self, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
@@ -438,11 +478,10 @@ class _Slice:
         self.ids, self.offsets = ids, offsets
 
 
-def _backend(tokenizer: Any, as_text: bool) -> Tokenizer:
+def _backend(tokenizer: Any) -> Tokenizer:
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()
     backend.no_padding()
-    backend.encode_special_tokens = as_text  # as_text: special-token text is tokenized as text
     return backend
 
 
