@@ -313,6 +313,11 @@ class TrainerConfig:
     # the built-in ones at every event (training/callbacks.py)
     callbacks: list[Any] = field(default_factory=list)
     use_cpu: bool | None = None  # None: True when no CUDA device (else CPU ranks under torchrun train alone)
+    # any other TrainingArguments field by its transformers name, e.g. {warmup_steps: 5,
+    # neftune_noise_alpha: 5}: checked against TrainingArguments' own fields and types when the
+    # config is composed; fields this project sets itself are refused naming the key that does
+    # (validation.TRAINER_ARGS_OWNED)
+    args: dict[str, Any] = field(default_factory=dict)
 
     def runs_on_cpu(self, cuda_available: bool | None = None) -> bool:
         """The one rule for where a run computes (training, adapters' quantization, the check):
@@ -350,8 +355,19 @@ SCHEMA_NAME = "config_schema"
 def register_configs() -> None:
     """Store the schema as the root config `config_schema` (conf/config.yaml extends it; outside any
     group, so `--help` does not offer it as an option) and the resolvers."""
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=schema_node(Config))
     register_resolvers()
+
+
+def schema_node(schema: type) -> DictConfig:
+    """The root schema (`Config` or a command's extension of it) as the node stored as
+    `config_schema`. trainer.args holds TrainingArguments' names, not the schema's: it is open to
+    new keys, so `trainer.args.warmup_steps=5` needs no `+` (validation checks the names)."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(schema)
+    OmegaConf.set_struct(node.trainer.args, False)
+    return node
 
 
 def _asset_path(name: str) -> str:

@@ -33,7 +33,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .config import SCHEMA_NAME, Config, register_configs, save_config
+from .config import SCHEMA_NAME, Config, register_configs, save_config, schema_node
 from .data.encode import IGNORE_INDEX
 from .errors import UserError
 from .validation import checked
@@ -84,7 +84,7 @@ def register_preprocess_configs() -> None:
     register_configs()
     cs = ConfigStore.instance()
     # conf/config.yaml starts from `config_schema`; in this process it is the extended schema
-    cs.store(name=SCHEMA_NAME, node=PreprocessConfig)
+    cs.store(name=SCHEMA_NAME, node=schema_node(PreprocessConfig))
     cs.store(name="preprocess", node={"defaults": ["config", "_self_"], "hydra": HYDRA_SETTINGS})
 
 
