@@ -190,6 +190,14 @@ def test_rotation_keeps_the_newest_complete_checkpoints_only(tmp_path):
     assert [s for s, _ in checkpoint.checkpoints(str(tmp_path))] == [6, 8]
 
 
+def test_rotation_keeps_the_best_checkpoint(tmp_path):
+    """trainer.args.load_best_model_at_end loads state.best_model_checkpoint at the end (issue 21)."""
+    for step in (2, 4, 6):
+        _checkpoint(tmp_path, step)
+    checkpoint.rotate(str(tmp_path), keep=1, protect=str(tmp_path / "checkpoint-2"))
+    assert [s for s, _ in checkpoint.checkpoints(str(tmp_path))] == [2, 6]
+
+
 def test_alone_means_no_store_and_no_checks(make, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert agreement.exchange("x", "v") == ["v"]

@@ -59,7 +59,7 @@ class CheckpointCompleteCallback(TrainerCallback):
                 mark_complete(path, state.global_step, {k: v for s in shares for k, v in sorted(s.items())})
             except OSError as e:
                 raise write_failure(args.output_dir, path, e) from e
-            rotate(args.output_dir, self.save_total_limit)
+            rotate(args.output_dir, self.save_total_limit, protect=state.best_model_checkpoint)
         if distributed:
             dist.barrier()
         return control

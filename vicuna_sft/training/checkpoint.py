@@ -295,13 +295,17 @@ def write_error_reason(error: BaseException, directory: str) -> str:
     return f"{text}, {free / 2**20:.1f} MiB free in {directory}"
 
 
-def rotate(output_dir: str, keep: int | None) -> None:
-    """Keep the `keep` newest complete checkpoints. Runs after the newest is marked complete (the
-    Trainer's own rotation runs before that, and could leave no complete checkpoint at all)."""
+def rotate(output_dir: str, keep: int | None, protect: str | None = None) -> None:
+    """Keep the `keep` newest complete checkpoints, and `protect` (the best one so far, which
+    trainer.args.load_best_model_at_end loads at the end). Runs after the newest is marked
+    complete (the Trainer's own rotation runs before that, and could leave no complete checkpoint)."""
     if not keep:
         return
     complete = [p for _, p in checkpoints(output_dir) if is_complete(p)]
+    kept = os.path.realpath(protect) if protect else None
     for path in complete[:-keep]:
+        if os.path.realpath(path) == kept:
+            continue
         log.info("deleting old checkpoint %s (trainer.save_total_limit=%d)", path, keep)
         shutil.rmtree(path, ignore_errors=True)
 
