@@ -206,6 +206,44 @@ TRAINER_ARGS_INVARIANT: dict[str, str] = {
     "do_predict": "not read by the Trainer",
 }
 
+# trainer.args fields a resumed run may change (training/checkpoint.py RESUME_SAFE): what is
+# logged, evaluated, saved or pushed, and how data is fed, not what a step computes. Any other
+# trainer.args field differing from the checkpoint's run is refused at resume.
+TRAINER_ARGS_RESUME_SAFE = (
+    "logging_strategy",
+    "logging_nan_inf_filter",
+    "log_level",
+    "log_level_replica",
+    "log_on_each_node",
+    "disable_tqdm",
+    "run_name",
+    "project",
+    "eval_delay",
+    "eval_on_start",
+    "eval_accumulation_steps",
+    "eval_do_concat_batches",
+    "eval_use_gather_object",
+    "include_for_metrics",
+    "batch_eval_metrics",
+    "prediction_loss_only",
+    "load_best_model_at_end",
+    "greater_is_better",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_strategy",
+    "hub_token",
+    "hub_private_repo",
+    "hub_always_push",
+    "hub_revision",
+    "save_on_each_node",
+    "skip_memory_metrics",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
+    "ddp_timeout",
+    "torch_empty_cache_steps",
+)
+
 
 def _training_argument_fields() -> dict[str, Any]:
     """TrainingArguments' fields and their types (a dataclass in every supported release)."""

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import UserError
 from ..files import replacing
 from ..process import exchange, launcher_store, rank, world_size
+from ..validation import TRAINER_ARGS_RESUME_SAFE, trainer_args
 from . import manifest
 
 log = logging.getLogger(__name__)
@@ -350,7 +351,20 @@ def run_fingerprint(
             f"adapter.{k}": value(v) if not isinstance(v, list) else list(v)
             for k, v in vars(cfg.adapter).items()
         },
+        # TrainingArguments passed through; those in RESUME_SAFE may change at resume
+        **{f"trainer.args.{k}": v for k, v in sorted(trainer_args(t.args).items())},
     }
+
+
+# Fingerprint keys a resumed run may change without asking: how long it trains, not what a step
+# does (a longer or shorter run continues the same weights and optimizer state; the lr schedule
+# is that of the new length from the resumed step on). Logging, eval and save cadence,
+# report_to and save_total_limit are not in the fingerprint at all.
+RESUME_SAFE = (
+    "trainer.max_steps",
+    "trainer.num_train_epochs",
+    *(f"trainer.args.{k}" for k in TRAINER_ARGS_RESUME_SAFE),
+)
 
 
 def write_fingerprint(path: str, fingerprint: dict[str, Any]) -> None:
@@ -359,26 +373,35 @@ def write_fingerprint(path: str, fingerprint: dict[str, Any]) -> None:
 
 
 def check_compatible(path: str, fingerprint: dict[str, Any], allow_change: bool) -> None:
+    """Refuse to resume `path` when a fingerprint key outside RESUME_SAFE differs (unless
+    `allow_change`); changes of RESUME_SAFE keys are logged and resumed across."""
     file = os.path.join(path, RUN_FILE)
     if not os.path.isfile(file):
         log.warning("%s has no %s: cannot check that it comes from the same config", path, RUN_FILE)
         return
     with open(file) as f:
         saved = json.load(f)
-    diffs = [
-        f"{k}: {saved.get(k)!r} in the checkpoint, {fingerprint.get(k)!r} now"
-        for k in sorted(set(saved) | set(fingerprint))
-        if saved.get(k) != fingerprint.get(k)
-    ]
-    if not diffs:
+    changed = [k for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
+    diff = lambda k: f"{k}: {saved.get(k)!r} in the checkpoint, {fingerprint.get(k)!r} now"  # noqa: E731
+    safe = [diff(k) for k in changed if k in RESUME_SAFE]
+    unsafe = [diff(k) for k in changed if k not in RESUME_SAFE]
+    if safe:
+        log.info("resuming %s across changes that are safe to resume across: %s", path, "; ".join(safe))
+    if not unsafe:
         return
-    msg = f"the config differs from that of the run that wrote {path}:\n  " + "\n  ".join(diffs)
+    msg = f"the config differs from that of the run that wrote {path}:\n  " + "\n  ".join(unsafe)
     if allow_change:
         log.warning("resuming anyway (trainer.resume_on_config_change=true): %s", msg)
         return
+    run_dir = os.path.dirname(os.path.abspath(path))
+    n = 2
+    while os.path.exists(f"{run_dir}-{n}"):
+        n += 1
     raise UserError(
-        f"refusing to resume: {msg}\nSet trainer.resume_on_config_change=true to resume anyway, "
-        "trainer.resume=never to start over, or another hydra.run.dir"
+        f"refusing to resume: {msg}\nResuming would continue weights and optimizer state trained under "
+        f"the other config. Start a new run in another directory (hydra.run.dir={run_dir}-{n}), or start "
+        "over in this one with trainer.resume=never (its checkpoints are set aside); only if you know the "
+        "change is harmless, trainer.resume_on_config_change=true resumes anyway"
     )
 
 

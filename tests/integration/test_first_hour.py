@@ -1,0 +1,41 @@
+"""A newcomer's first hour (issue 21), through the CLI as a user runs it: a finished run extends,
+runs that differ get their own directories, and mistakes end in one line saying what to do."""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SHORT = [
+    "experiment=smoke",
+    "trainer.eval_strategy=no",
+    "trainer.logging_steps=1",
+    "trainer.report_to=[none]",
+    "trainer.resume=auto",
+]
+
+
+def test_a_finished_run_extends_and_an_unsafe_change_is_refused_with_a_safe_suggestion(tmp_path, run_module):
+    run = tmp_path / "run"
+    args = [*SHORT, f"hydra.run.dir={run}"]
+    r = run_module("vicuna_sft", *args, "trainer.max_steps=4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((run / "result.json").read_text())["global_step"] == 4
+
+    # more steps: resumed from the finished run's last checkpoint, no override needed
+    r = run_module("vicuna_sft", *args, "trainer.max_steps=6", "trainer.save_total_limit=3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["resumed_from"] == str(run / "checkpoint-4") and result["global_step"] == 6
+    state = json.loads((run / "checkpoint-6" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]
+
+    # another lr: refused, naming it, and suggesting a new run directory first
+    r = run_module("vicuna_sft", *args, "trainer.max_steps=8", "optimizer.lr=1e-3", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "optimizer.lr: 0.003 in the checkpoint, 0.001 now" in r.stderr
+    assert "trainer.max_steps" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.index(f"hydra.run.dir={run}-2") < last.index("trainer.resume=never")
+    assert last.index("trainer.resume=never") < last.index("resume_on_config_change=true")
