@@ -413,6 +413,51 @@ def data_run_name(choice: str, *, _root_: Any) -> str:
     return f"{choice}-{name if len(name) <= 60 else f'{stems[0]}+{len(stems) - 1}more'}"
 
 
+def _leaf(path: str) -> str:
+    """The last part of a path or hub id (`/m/llama-2-7b-hf/` -> `llama-2-7b-hf`)."""
+    return os.path.basename(os.path.normpath(path)) or path
+
+
+def _option_value(group: str, option: str, key: str) -> Any:
+    """`key` as the packaged option `conf/<group>/<option>.yaml` sets it (unresolved), or None."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    file = resources.files("vicuna_sft.conf") / group / f"{option}.yaml"
+    if not file.is_file():
+        return None
+    values = OmegaConf.to_container(OmegaConf.create(file.read_text()), resolve=False)
+    values = values.get(group, values) if isinstance(values.get(group), dict) else values  # @package _global_
+    return values.get(key)
+
+
+def model_run_name(choice: str, *, _root_: Any) -> str:
+    """The `<model>` part of run directories: the `model` option while `model.name_or_path` is
+    the one that option names, else the last part of the path (or hub id) loaded instead
+    (`model.name_or_path=/m/my-llama` -> `my-llama`), plus `-tok-<last part>` with another
+    `model.tokenizer`: another model or tokenizer gets another run (and another preprocess)."""
+    from omegaconf import OmegaConf
+
+    model = _root_.model
+    if OmegaConf.is_missing(model, "name_or_path"):
+        return choice
+    raw = OmegaConf.to_container(model, resolve=False).get("name_or_path")
+    name = choice if raw == _option_value("model", choice, "name_or_path") else _leaf(str(model.name_or_path))
+    tokenizer = model.get("tokenizer")
+    if tokenizer and _leaf(str(tokenizer)) != name:
+        name = f"{name}-tok-{_leaf(str(tokenizer))}"
+    return name
+
+
+def adapter_run_name(*, _root_: Any) -> str:
+    """The `_<adapter>` suffix of the run directory (empty for full fine-tuning): an adapter run's
+    checkpoints never share a directory with a full fine-tune's."""
+    kind = _root_.adapter.get("kind") if "adapter" in _root_ else None
+    kind = getattr(kind, "value", kind)
+    return "" if kind in (None, AdapterKind.none.value) else f"_{kind}"
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -420,6 +465,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("vicuna_sft_asset", _asset_path)
     if not OmegaConf.has_resolver("vicuna_sft_data_name"):
         OmegaConf.register_new_resolver("vicuna_sft_data_name", data_run_name)
+    if not OmegaConf.has_resolver("vicuna_sft_model_name"):
+        OmegaConf.register_new_resolver("vicuna_sft_model_name", model_run_name)
+    if not OmegaConf.has_resolver("vicuna_sft_adapter_name"):
+        OmegaConf.register_new_resolver("vicuna_sft_adapter_name", adapter_run_name)
     if not OmegaConf.has_resolver("vicuna_sft_builtin"):
         OmegaConf.register_new_resolver("vicuna_sft_builtin", builtin_path)
 

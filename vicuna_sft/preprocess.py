@@ -60,7 +60,8 @@ class PreprocessConfig(Config):
 HYDRA_SETTINGS = {
     "job": {"name": "preprocess"},
     "run": {
-        "dir": "outputs/preprocess/${hydra.runtime.choices.model}_"
+        # per model and tokenizer (config.model_run_name): one model's encoding never overwrites another's
+        "dir": "outputs/preprocess/${vicuna_sft_model_name:${hydra.runtime.choices.model}}_"
         "${vicuna_sft_data_name:${hydra.runtime.choices.data}}"
     },
     "sweep": {"dir": "multirun/preprocess/${now:%Y-%m-%d_%H-%M-%S}"},

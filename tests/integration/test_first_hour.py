@@ -39,3 +39,36 @@ def test_a_finished_run_extends_and_an_unsafe_change_is_refused_with_a_safe_sugg
     last = r.stderr.strip().splitlines()[-1]
     assert last.index(f"hydra.run.dir={run}-2") < last.index("trainer.resume=never")
     assert last.index("trainer.resume=never") < last.index("resume_on_config_change=true")
+
+
+def test_runs_that_differ_get_their_own_directory_and_the_readme_sequence_runs(tmp_path, run_module):
+    base = ["trainer.report_to=[none]", "trainer.logging_steps=1"]
+    r = run_module("vicuna_sft", *base, "trainer.max_steps=2", cwd=tmp_path)  # a finished full fine-tune
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "outputs" / "tiny_sample"
+    assert json.loads((run / "result.json").read_text())["global_step"] == 2
+
+    # the README's next command: the same model, data and adapter, so the same directory; asked to
+    # be shorter than what is there, it starts over (the longer run's checkpoint set aside, not lost)
+    r = run_module(
+        "vicuna_sft",
+        *base,
+        "model=tiny",
+        "data=sample",
+        "attention=eager",
+        "trainer.max_steps=1",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["global_step"] == 1 and result["resumed_from"] is None
+    assert [p.name.split(".")[0] for p in (run / "set_aside").glob("checkpoint-*")] == ["checkpoint-2"]
+
+    # LoRA on the same data: its own directory, not a config change refused in the full run's
+    r = run_module("vicuna_sft", *base, "adapter=lora", "trainer.max_steps=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["tiny_sample", "tiny_sample_lora"]
+    assert (
+        json.loads((tmp_path / "outputs" / "tiny_sample_lora" / "result.json").read_text())["global_step"]
+        == 1
+    )

@@ -408,6 +408,14 @@ def test_help_lists_groups_and_options_without_torch(tmp_path):
             "outputs/tiny_sharegpt-a+b",
         ),
         (("data=sharegpt",), "outputs/tiny_sharegpt"),  # data.path missing: reported by to_config
+        # what makes runs incompatible gets its own directory (issue 21, item 1): another model
+        # than the option's, another tokenizer, an adapter
+        (("model.name_or_path=/m/my-llama/",), "outputs/my-llama_sample"),
+        (("model=vicuna_7b", "model.name_or_path=lmsys/other-7b"), "outputs/other-7b_sample"),
+        (("model=vicuna_7b",), "outputs/vicuna_7b_sample"),
+        (("model.tokenizer=/t/spm",), "outputs/tiny-tok-spm_sample"),
+        (("adapter=lora",), "outputs/tiny_sample_lora"),
+        (("experiment=vicuna_7b_lora", "data.path=/d/a.json"), "outputs/vicuna_7b_sharegpt-a_lora"),
     ],
 )
 def test_run_dir_names_the_data_file(make, overrides, run_dir):

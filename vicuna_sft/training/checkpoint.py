@@ -72,8 +72,10 @@ def resolve_resume(
     output_dir: str,
     fingerprint: dict[str, Any] | None = None,
     allow_change: bool = False,
+    end: tuple[int, float] | None = None,
 ) -> str | None:
-    """`never` -> None; `auto` -> newest intact complete checkpoint in output_dir (or None); else a
+    """`never` -> None; `auto` -> newest intact complete checkpoint in output_dir (or None) not
+    past the run's `end` (trainer.max_steps, trainer.num_train_epochs; see `past_end`); else a
     path. With a `fingerprint` (see `run_fingerprint`), a checkpoint of a run whose math differs is
     refused unless `allow_change`. Checkpoints of the output dir that this run will not continue
     from and that are newer than its starting point are set aside (never deleted, never trusted
@@ -85,7 +87,7 @@ def resolve_resume(
             raise UserError(decision["error"])
         return decision["path"]
     try:
-        path = _choose(resume, output_dir, fingerprint, allow_change)
+        path = _choose(resume, output_dir, fingerprint, allow_change, end)
     except UserError as e:
         if store is not None:
             exchange("resume", json.dumps({"error": str(e)}), store)
@@ -96,12 +98,16 @@ def resolve_resume(
 
 
 def _choose(
-    resume: str, output_dir: str, fingerprint: dict[str, Any] | None, allow_change: bool
+    resume: str,
+    output_dir: str,
+    fingerprint: dict[str, Any] | None,
+    allow_change: bool,
+    end: tuple[int, float] | None = None,
 ) -> str | None:
     if resume == "never":
         path = None
     elif resume == "auto":
-        path = newest_intact(output_dir)
+        path = newest_intact(output_dir, end)
     elif not os.path.isdir(resume):
         raise UserError(f"trainer.resume: checkpoint directory not found: {resume}")
     elif not is_complete(resume):
@@ -138,12 +144,38 @@ def damage(path: str) -> list[str]:
     return manifest.problems(path, files) or manifest.check_dcp_metadata(path)
 
 
-def newest_intact(output_dir: str) -> str | None:
-    """The newest complete checkpoint whose files match its manifest. Damaged newer ones are set
-    aside with a warning; when every complete checkpoint is damaged, nothing is moved and the
-    run stops with what was found (resuming from step 0 instead would silently lose the work)."""
+def past_end(path: str, end: tuple[int, float]) -> bool:
+    """Whether a checkpoint is beyond where this run ends (`end`: max_steps, and num_train_epochs
+    when max_steps <= 0): a run asked to be shorter than what is there does not resume past its
+    own end (that would train nothing and save the longer run's weights as its own)."""
+    max_steps, epochs = end
+    try:
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return False  # unreadable: damage() reports it
+    if max_steps > 0:
+        return step_of(path) > max_steps
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return isinstance(epoch, int | float) and epoch > epochs + 1e-6
+
+
+def newest_intact(output_dir: str, end: tuple[int, float] | None = None) -> str | None:
+    """The newest complete checkpoint whose files match its manifest, and not past `end`. Damaged
+    newer ones are set aside with a warning; when every complete checkpoint is damaged, nothing is
+    moved and the run stops with what was found (resuming from step 0 instead would silently lose
+    the work). Those past `end` are set aside by set_aside_newer (never deleted)."""
     broken = []
-    for path in reversed([p for _, p in checkpoints(output_dir) if is_complete(p)]):
+    complete = [p for _, p in checkpoints(output_dir) if is_complete(p)]
+    beyond = [p for p in complete if end is not None and past_end(p, end)]
+    if beyond:
+        log.warning(
+            "%s: past this run's end (trainer.max_steps=%d, num_train_epochs=%g): this run starts before them, "
+            "and sets them aside",
+            ", ".join(beyond),
+            *end,
+        )
+    for path in reversed([p for p in complete if p not in beyond]):
         found = damage(path)
         if not found:
             for b, why in broken:
