@@ -72,3 +72,27 @@ def test_runs_that_differ_get_their_own_directory_and_the_readme_sequence_runs(t
         json.loads((tmp_path / "outputs" / "tiny_sample_lora" / "result.json").read_text())["global_step"]
         == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--shell-completion"],
+            "vicuna_sft: error: --shell-completion needs one of install=SHELL, uninstall=SHELL",
+        ),
+        (
+            ["--cfg", "hydra", "--resolve"],
+            "vicuna_sft: error: --cfg hydra --resolve: Hydra's settings resolve only",
+        ),
+    ],
+)
+def test_cli_misuse_ends_in_one_line(tmp_path, run_module, args, line):
+    r = run_module("vicuna_sft", *args, cwd=tmp_path)
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith(line)
+
+
+def test_shell_completion_installs_for_the_console_script(tmp_path, run_module):
+    r = run_module("vicuna_sft", "--shell-completion", "install=bash", cwd=tmp_path)
+    assert r.returncode == 0 and "hydra_bash_completion" in r.stdout, r.stderr[-3000:]
