@@ -76,7 +76,7 @@ def main() -> None:
         # Hydra raises a bare ValueError (a traceback) when the subcommand is missing
         print(
             "vicuna_sft: error: --shell-completion needs one of install=SHELL, uninstall=SHELL or query=SHELL "
-            "(SHELL: bash, zsh, fish), e.g. eval \"$(vicuna-sft --shell-completion install=bash)\"; "
+            '(SHELL: bash, zsh, fish), e.g. eval "$(vicuna-sft --shell-completion install=bash)"; '
             "completion completes the vicuna-sft command (the .venv's console script), not python -m",
             file=sys.stderr,
         )
