@@ -96,3 +96,50 @@ def test_cli_misuse_ends_in_one_line(tmp_path, run_module, args, line):
 def test_shell_completion_installs_for_the_console_script(tmp_path, run_module):
     r = run_module("vicuna_sft", "--shell-completion", "install=bash", cwd=tmp_path)
     assert r.returncode == 0 and "hydra_bash_completion" in r.stdout, r.stderr[-3000:]
+
+
+def test_a_model_directory_without_a_tokenizer_names_model_tokenizer(tmp_path, run_module, tiny_dir):
+    import shutil
+
+    model = tmp_path / "my-model"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors"):  # weights only, as some exports leave them
+        shutil.copy(tiny_dir / name, model / name)
+    r = run_module(
+        "vicuna_sft", f"model.name_or_path={model}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip() == (
+        f"vicuna_sft: error: {model} has no tokenizer (none of tokenizer.json, tokenizer_config.json, "
+        "tokenizer.model, ...): set model.tokenizer= to the directory or hub id of the model's tokenizer"
+    )
+    # with model.tokenizer= it trains
+    r = run_module(
+        "vicuna_sft",
+        f"model.name_or_path={model}",
+        f"model.tokenizer={tiny_dir}",
+        "trainer.max_steps=1",
+        "trainer.report_to=[none]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_missing_data_file_is_reported_before_workers_start(tmp_path, run_module):
+    missing = tmp_path / "sharegpt.json"
+    run = tmp_path / "run"
+    r = run_module(
+        "vicuna_sft",
+        "data=sharegpt",
+        f"data.path=[{tmp_path / 'a.json'},{missing}]",
+        "distributed.nproc_per_node=2",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"vicuna_sft: error: data.path[0]: {tmp_path / 'a.json'}: data file not found; "
+        f"data.path[1]: {missing}: data file not found"
+    )
+    assert not (run / "worker_config.yaml").exists()  # no worker was started
