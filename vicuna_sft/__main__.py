@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import register_configs
-from .errors import PREEMPTED_EXIT, Preempted, UserError
+from .errors import PREEMPTED_EXIT, Preempted, UserError, to_log_files
 from .launch.sweep import ERROR_FILE, register_sweeper
 
 register_configs()
@@ -33,12 +33,15 @@ def _hydra_main(cfg: DictConfig) -> float | dict | None:
 
         if rank() == 0:
             print(f"vicuna_sft: {e}", file=sys.stderr, flush=True)
+        to_log_files(f"vicuna_sft: {e}", 30)
         sys.exit(PREEMPTED_EXIT)
     except KeyboardInterrupt:  # Ctrl-C before or after training (during it: training/preemption.py)
         print("vicuna_sft: interrupted", file=sys.stderr, flush=True)
+        to_log_files("vicuna_sft: interrupted", 30)
         sys.exit(130)
     except UserError as e:
         print(f"vicuna_sft: error: {e}", file=sys.stderr)
+        to_log_files(f"vicuna_sft: error: {e}", 40)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # the other jobs of the sweep still run; the summary marks this one failed, and Optuna
             # a FAILED trial (not a number; launch/sweep.py)

@@ -22,6 +22,10 @@ def test_a_finished_run_extends_and_an_unsafe_change_is_refused_with_a_safe_sugg
     r = run_module("vicuna_sft", *args, "trainer.max_steps=4", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((run / "result.json").read_text())["global_step"] == 4
+    # what the console showed is in the run's log too (issue 21, item 8): each step's loss, the result
+    log = (run / "vicuna_sft.log").read_text()
+    assert [f"step {s}: {{'loss': " in log for s in range(1, 5)] == [True] * 4
+    assert "vicuna_sft: 4 steps" in log
 
     # more steps: resumed from the finished run's last checkpoint, no override needed
     r = run_module("vicuna_sft", *args, "trainer.max_steps=6", "trainer.save_total_limit=3", cwd=tmp_path)
@@ -39,6 +43,7 @@ def test_a_finished_run_extends_and_an_unsafe_change_is_refused_with_a_safe_sugg
     last = r.stderr.strip().splitlines()[-1]
     assert last.index(f"hydra.run.dir={run}-2") < last.index("trainer.resume=never")
     assert last.index("trainer.resume=never") < last.index("resume_on_config_change=true")
+    assert "vicuna_sft: error: refusing to resume" in (run / "vicuna_sft.log").read_text()  # the refusal too
 
 
 def test_runs_that_differ_get_their_own_directory_and_the_readme_sequence_runs(tmp_path, run_module):

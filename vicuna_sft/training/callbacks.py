@@ -5,7 +5,7 @@ import os
 from transformers import TrainerCallback
 
 from ..config import Config
-from ..errors import UserError
+from ..errors import UserError, to_log_files
 from . import manifest
 from .checkpoint import (
     COMPLETE,
@@ -65,6 +65,16 @@ class CheckpointCompleteCallback(TrainerCallback):
         return control
 
 
+class LogToFile(TrainerCallback):
+    """Every log the Trainer prints on the console (loss, lr, grad norm, eval loss, throughput)
+    also in the run's log file, once (rank 0; the values are the same on every rank)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            to_log_files(f"step {state.global_step}: {logs}")
+        return control
+
+
 class StopWhenFinished(TrainerCallback):
     """Resumed from a checkpoint already at max_steps: stop before the Trainer runs another step."""
 
@@ -121,6 +131,7 @@ def build_callbacks(
         Throughput(),
         *([LossPlot()] if plotting_available() else []),
         LogLastStep(),
+        LogToFile(),
         *([stop] if stop else []),
         *([divergence] if divergence else []),
     ]
