@@ -529,3 +529,16 @@ def test_sweep_with_a_crashing_job_still_writes_the_summary(tmp_path, cli_env):
     assert rows[0]["error"] == "RuntimeError: boom in job 0" and rows[1]["global_step"] == 2
     assert (sweep / "summary.csv").read_text().count("\n") == 3
     assert "RuntimeError: boom in job 0" in (sweep / "0" / "error.txt").read_text()
+
+
+def test_a_tokenizer_directory_without_tokenizer_files_names_model_tokenizer(tmp_path, tiny_dir):
+    from vicuna_sft.config import ModelConfig
+    from vicuna_sft.model.loading import ModelLoadError, check_tokenizer_files
+
+    empty = tmp_path / "tok"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError) as e:
+        check_tokenizer_files(ModelConfig(name_or_path=str(tiny_dir), tokenizer=str(empty)))
+    assert str(e.value).startswith(f"model.tokenizer={empty}: the directory has no tokenizer")
+    check_tokenizer_files(ModelConfig(name_or_path=str(empty), tokenizer=str(tiny_dir)))  # has one: fine
+    check_tokenizer_files(ModelConfig(name_or_path="lmsys/vicuna-7b-v1.5"))  # a hub id: left to loading
