@@ -137,3 +137,24 @@ def test_a_missing_data_file_is_reported_before_workers_start(tmp_path, run_modu
         f"data.path[1]: {missing}: data file not found"
     )
     assert not (run / "worker_config.yaml").exists()  # no worker was started
+
+
+def test_our_launchers_and_sweeper_are_found_outside_the_checkout(tmp_path, cache_dir):
+    """Under the editable install, outside the checkout, Hydra's scan missed hydra_plugins/ (no
+    directory of the namespace holds it): `hydra/sweeper=optuna` ended in `Unknown plugin class`."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no checkout on sys.path
+    r = subprocess.run(
+        [sys.executable, "-m", "vicuna_sft", "--info", "plugins"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "VICUNA_SFT_CACHE": cache_dir},
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    found = {line.strip() for line in r.stdout.splitlines()}
+    assert {"RankedSlurmLauncher", "RankedLocalLauncher", "OptunaSearch"} <= found, r.stdout
