@@ -198,16 +198,21 @@ class Sampling:
     temperature: float = 0.7  # FastChat's CLI default; 0 = greedy
     top_p: float = 1.0
     max_new_tokens: int = 512
+    # > 1 makes every token already in the prompt or reply less likely (CTRL's penalty, as
+    # FastChat's CLI offers); 1.0 = off, FastChat's default
+    repetition_penalty: float = 1.0
 
     def generate_kwargs(self) -> dict[str, Any]:
+        penalty = {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}
         if self.temperature == 0:
-            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
+            return {"do_sample": False, "max_new_tokens": self.max_new_tokens, **penalty}
         return {
             "do_sample": True,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": 0,  # only top-p filters (generation_config may carry a top_k)
             "max_new_tokens": self.max_new_tokens,
+            **penalty,
         }
 
 
@@ -359,6 +364,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-new-tokens", type=int, default=Sampling.max_new_tokens, help="(default %(default)s)"
     )
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=Sampling.repetition_penalty,
+        help="> 1 discourages repeating tokens already seen (default %(default)s: off)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if visible")
     p.add_argument(
         "--dtype",
@@ -380,6 +391,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ChatError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.max_new_tokens < 1:
         raise ChatError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 < args.repetition_penalty < float("inf"):
+        raise ChatError(
+            f"--repetition-penalty must be > 0 and finite (1 = off), got {args.repetition_penalty}"
+        )
     if args.prompt is not None and not args.prompt.strip():
         raise ChatError("--prompt is empty")
 
@@ -397,7 +412,7 @@ def run(argv: list[str] | None = None) -> int:
         from transformers import set_seed
 
         set_seed(args.seed)
-    sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens)
+    sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens, args.repetition_penalty)
     chat = Chat(tokenizer, model, args.system, sampling, args.show_prompt)
     if args.prompt is not None:
         chat.respond(args.prompt.strip())

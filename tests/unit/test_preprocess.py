@@ -200,3 +200,29 @@ def test_help_and_typos(tmp_path, run_module):
     bad = run_module("vicuna_sft.preprocess", "preprocess.shw=2", cwd=tmp_path)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "Key 'shw' not in 'PreprocessOptions'" in bad.stderr
+
+
+def test_preprocess_outputs_are_per_model_and_tokenizer(tmp_path):
+    """One model's `preprocess` never overwrites another's encoded files (issue 21, item 1)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vicuna_sft.config import register_configs
+    from vicuna_sft.preprocess import register_preprocess_configs
+
+    register_preprocess_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="vicuna_sft.conf", version_base="1.3"):
+            dirs = [
+                compose("preprocess", overrides=list(o), return_hydra_config=True).hydra.run.dir
+                for o in ((), ("model.name_or_path=/m/other",), ("model.tokenizer=/t/spm",))
+            ]
+    finally:
+        GlobalHydra.instance().clear()
+        register_configs()  # the training schema again, for whatever composes next
+    assert dirs == [
+        "outputs/preprocess/tiny_sample",
+        "outputs/preprocess/other_sample",
+        "outputs/preprocess/tiny-tok-spm_sample",
+    ]

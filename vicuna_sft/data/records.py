@@ -293,16 +293,34 @@ def load_conversations(
     stats = Stats(read=invalid_json)
     if invalid_json:
         stats.dropped[INVALID_JSON] = invalid_json
-    out = []
+    out, bad = [], []
     for index, record in enumerate(records):
         stats.read += 1
         try:
             conv, fixes = to_conversation(record, source=path, index=index, system=system, train_on=train_on)
         except RecordError as e:
             if not skip_errors:
-                raise
+                bad.append(e)  # every record is checked: one run reports them all, not one per run
             stats.dropped[e.reason] += 1
             continue
         stats.adjusted.update(fixes)
         out.append(conv)
+    if bad:
+        raise bad_records_error(path, bad)
     return out, stats
+
+
+REPORTED_BAD_RECORDS = 5  # a broken export has thousands: the first few show the pattern
+
+
+def bad_records_error(path: str, bad: list[RecordError]) -> DataError:
+    """One error for the bad records of a file: each of the first REPORTED_BAD_RECORDS with its
+    reason, how many there are by reason, and the setting that skips them."""
+    skip = "fix them, or set data.on_error=skip to skip and count them"
+    if len(bad) == 1:
+        return DataError(f"{bad[0]}; {skip}")
+    reasons = Counter(e.reason for e in bad)
+    shown = "\n  ".join(str(e).removeprefix(f"{path}: ") for e in bad[:REPORTED_BAD_RECORDS])
+    more = f"\n  ... and {len(bad) - REPORTED_BAD_RECORDS} more" if len(bad) > REPORTED_BAD_RECORDS else ""
+    by_reason = ", ".join(f"{r} {n}" for r, n in reasons.most_common())
+    return DataError(f"{path}: {len(bad)} bad records ({by_reason}):\n  {shown}{more}\n{skip}")

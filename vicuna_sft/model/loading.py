@@ -48,10 +48,43 @@ def _wrap_hub_errors(what: str, path: str, fn: Any, **kwargs: Any) -> Any:
         raise ModelLoadError(f"cannot load the {what} from {path!r}: {first}") from e
 
 
+# what a saved tokenizer consists of: a directory with none of these holds none (transformers
+# would answer with a long traceback ending in "install sentencepiece or tiktoken")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "tokenizer.tiktoken",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def check_tokenizer_files(m: ModelConfig) -> None:
+    """A local directory the tokenizer would be loaded from holds tokenizer files (hub ids and a
+    builtin model not created yet are left to loading)."""
+    path = os.path.expanduser(m.tokenizer or m.name_or_path)
+    if not os.path.isdir(path) or any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        return
+    if m.tokenizer:
+        raise ModelLoadError(
+            f"model.tokenizer={m.tokenizer}: the directory has no tokenizer (none of "
+            f"{', '.join(TOKENIZER_FILES[:3])}, ...): point model.tokenizer= at the directory or hub id of "
+            "the model's tokenizer"
+        )
+    raise ModelLoadError(
+        f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...): set "
+        "model.tokenizer= to the directory or hub id of the model's tokenizer"
+    )
+
+
 def load_tokenizer(m: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_path(m, m.tokenizer) if m.tokenizer else resolve_path(m)
+    check_tokenizer_files(m)
     # padding_side must be given here: set as an attribute later it is not saved
     tok = _wrap_hub_errors(
         "tokenizer",
