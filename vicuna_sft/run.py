@@ -48,7 +48,7 @@ def run(cfg: Config) -> dict[str, Any]:
     data = build_datasets(cfg.data, tokenizer, seed=cfg.trainer.seed)
     report_data(data.stats, out)
     check_batch_fits(cfg.trainer, len(data.train), world_size())  # before the model loads
-    model = load_model(cfg)
+    model = load_model(cfg, vocab_size=len(tokenizer))
     args = to_training_arguments(cfg, wrap_classes=no_split_modules(model))
 
     from .training.callbacks import build_callbacks

@@ -227,7 +227,10 @@ def test_bad_records_are_reported_together_up_to_five_with_the_skip_setting(tmp_
         f"{path}: 7 bad records (unknown_role 3, no_conversations 1, non_string_value 1, "
         "no_assistant_reply 1, empty_message 1):"
     )
-    assert lines[1] == "  record 1 (id='b1'): missing the 'conversations' field"
+    assert (
+        lines[1]
+        == "  record 1 (id='b1'): missing the 'conversations' (ShareGPT) or 'messages' (OpenAI) field"
+    )
     assert [line.split(":")[0].strip() for line in lines[1:6]] == [
         f"record {i} (id='b{i}')" for i in range(1, 6)
     ]

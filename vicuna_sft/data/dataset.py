@@ -261,6 +261,14 @@ def encode_splits(cfg: DataConfig, encoder: Encoder, seed: int) -> tuple[dict[st
 
 
 def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> Datasets:
+    from .templates import add_missing_tokens, resolve
+
+    # before anything is keyed or encoded: ChatML on a base model adds <|im_start|>, <|im_end|>
+    added = add_missing_tokens(tokenizer, resolve(cfg.template, tokenizer))
+    if added:
+        log.info(
+            "data.template=%s: added %s to the tokenizer (the embeddings grow to match)", cfg.template, added
+        )
     collator = Collator(pad_id_for(tokenizer), cfg.padding, cfg.max_length)
     if cfg.lazy:
         if cfg.long == LongMode.split:  # validate() refuses the config before this

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from .. import attention
-from ..config import Builtin, Config, ModelConfig, builtin_path
+from ..config import AdapterKind, Builtin, Config, ModelConfig, builtin_path
 from ..errors import UserError
 from . import adapters
 from . import loss as losses
@@ -159,7 +159,9 @@ def load_config(cfg: Config) -> Any:
     return config
 
 
-def load_model(cfg: Config) -> Any:
+def load_model(cfg: Config, vocab_size: int | None = None) -> Any:
+    """The model for `cfg`; `vocab_size`: the tokenizer's length, when a template added tokens to
+    it (the embeddings grow to it, new rows at the mean of the old ones)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -183,6 +185,14 @@ def load_model(cfg: Config) -> Any:
         **adapters.load_kwargs(cfg),  # qlora: 4-bit quantization while loading
         **common,
     )
+    if vocab_size is not None and vocab_size > model.get_input_embeddings().num_embeddings:
+        if cfg.adapter.kind != AdapterKind.none:
+            raise ModelLoadError(
+                f"data.template={cfg.data.template} added tokens to the tokenizer; with adapter={cfg.adapter.kind.value} "
+                "their new embedding rows would stay untrained: fine-tune in full, or use a template written "
+                "with the tokenizer's own tokens"
+            )
+        model.resize_token_embeddings(vocab_size, mean_resizing=True)
     # the loss variant on this instance, then the adapter wrapping it (PEFT calls through to it;
     # the attention's and the loss's hooks stay on the inner model)
     return adapters.apply(losses.install(variant.prepare(model), cfg.loss), cfg)
