@@ -92,7 +92,7 @@ def test_llama3_own_template_trains_and_chat_stops_at_end_of_turn(tmp_path, run_
         timeout=300,
     )
     assert chat.returncode == 0, chat.stderr[-2000:]
-    assert chat.stdout.strip() == "say cat"  # and it stopped: 40 new tokens would say more
+    assert chat.stdout.strip() == "say a cat"  # and it stopped there: 40 new tokens would say more
 
 
 def test_chatml_on_a_base_model_adds_its_tokens(tmp_path, run_module):

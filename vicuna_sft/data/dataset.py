@@ -161,10 +161,16 @@ def encode_eager(convs: list[Conversation], encoder: Encoder, num_proc: int) -> 
         truncated=sum(ds["truncated"]),
         lost_tokens=sum(ds["lost"]),
     )
-    for how in ("split", "keep"):  # data.reasoning re-laid these (split: at a token cost)
+    lengths = [len(x) for x in ds["input_ids"]]
+    for how in ("split", "keep"):  # data.reasoning re-laid these conversations (split: at a token cost)
         n = sum(1 for f, lay in zip(first, layout) if f and lay == how)
         if n:
-            stats.relaid[how] = n
+            rows = [k for k, lay in enumerate(layout) if lay == how]
+            stats.relaid[how] = {
+                "conversations": n,
+                "samples": len(rows),
+                "tokens": sum(lengths[k] for k in rows),
+            }
     for reason in dropped:
         if reason:
             stats.dropped[reason] = stats.dropped.get(reason, 0) + 1

@@ -27,6 +27,7 @@ Special-token text typed in a message ("<|im_end|>", "</s>") stays text: it is w
 markers before rendering and encoded as text, the way transformers' `sanitize_control_tokens` does.
 """
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,9 +100,11 @@ class Encoder:
         self._kwargs = {**tokenizer.special_tokens_map, **(template_kwargs or {})}
         self._plain = _backend(tokenizer)
         self._newline = self._plain.encode("\n", add_special_tokens=False).ids
+        self._header = None
         self.eot = self._find_end_of_turn()
         self.eot_id = tokenizer.convert_tokens_to_ids(self.eot)
         self._check(tokenizer)
+        self._header = self._stable_header()
 
     @classmethod
     def for_data(
@@ -159,6 +162,10 @@ class Encoder:
         return obj
 
     def _template_messages(self, conv: Conversation) -> tuple[list[dict[str, Any]], Any]:
+        plain = conv.tools is None and not any(m.extra for m in conv.messages)
+        if plain and not self._control_re.search("\0".join(m.content for m in conv.messages)):
+            if not any(_START in m.content or _END in m.content for m in conv.messages):
+                return [{"role": m.role, "content": m.content} for m in conv.messages], None
         msgs = []
         for m in conv.messages:
             d = self._mark(m.for_template())
@@ -202,6 +209,23 @@ class Encoder:
             )
         return full, start, end
 
+    def _anchored(self, conv: Conversation, whole: str) -> list[tuple[int, int]] | None:
+        """The trained spans from one rendering, for a template found prefix-stable on the probes
+        whose assistant header holds a special token (so no message text can forge one): the j-th
+        header opens the j-th assistant message, its end-of-turn closes it. None: the general path."""
+        starts = [i + len(self._header) for i in _find_all(whole, self._header)]
+        assistants = [k for k, m in enumerate(conv.messages) if m.role == "assistant"]
+        if len(starts) != len(assistants):
+            return None
+        spans = []
+        for k, start in zip(assistants, starts):
+            if conv.messages[k].train:
+                end = self._eot_end(whole, start)
+                if end < 0:
+                    return None
+                spans.append((start, end))
+        return spans
+
     def _last_special(self, text: str) -> int:
         """Where the last template-written special token in `text` starts (0: none)."""
         best = 0
@@ -226,6 +250,10 @@ class Encoder:
             )
         msgs, tools = self._template_messages(conv)
         whole = self._render(msgs, tools, generation=False)
+        if self._header is not None:
+            spans = self._anchored(conv, whole)
+            if spans is not None:
+                return [_Layout(whole, spans)], ""
         turns = [self._turn(msgs, tools, k) for k, m in enumerate(conv.messages) if m.train]
         unstable = [(f, s, e) for f, s, e in turns if not whole.startswith(f[:e])]
         if not unstable:
@@ -339,36 +367,57 @@ class Encoder:
     def _labels(
         self, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
     ) -> list[int]:
+        """-100 everywhere but the tokens inside a span; a token crossing a span's start or end, or
+        a span not ending in the end-of-turn id, fails the sample. Offsets are non-decreasing, so
+        each span's tokens are found by bisection."""
         labels = [IGNORE_INDEX] * len(ids)
-        i = 0
+        n = len(ids)
         for a, b in spans:
-            while i < len(ids) and offsets[i][1] <= a:
-                i += 1
-            if i < len(ids) and offsets[i][0] < a:
+            i = bisect.bisect_left(offsets, (a, a))  # first token starting at or after a
+            if i > 0 and offsets[i - 1][1] > a:
                 raise ConversationError("span_boundary", "a token crosses the start of an assistant span")
-            first = i
-            while i < len(ids) and offsets[i][1] <= b and offsets[i][0] < b:
-                labels[i] = ids[i]
-                i += 1
-            if i < len(ids) and offsets[i][0] < b:
+            j = bisect.bisect_left(offsets, (b, b), lo=i)  # first token starting at or after b
+            if j > i and offsets[j - 1][1] > b:
                 raise ConversationError("span_boundary", "a token crosses the end of an assistant span")
-            if i == first or ids[i - 1] != self.eot_id:
+            if j == i or ids[j - 1] != self.eot_id or j > n:
                 raise ConversationError("no_end_of_turn", f"an assistant span does not end in {self.eot!r}")
+            labels[i:j] = ids[i:j]
         return labels
 
     # ------------------------------------------------------------------ samples
 
     def _whole(self, conv: Conversation) -> list[Encoded]:
         """The conversation's samples, untruncated (one, or several when re-laid by data.reasoning)."""
-        layouts, how = self._layouts(conv)
-        out = []
-        for k, (lay, (ids, offsets)) in enumerate(zip(layouts, self._tokenize([x.text for x in layouts]))):
-            sid = conv.id if len(layouts) == 1 else f"{conv.id}_t{k}"
-            out.append(
-                Encoded(
-                    sid, ids, self._labels(ids, offsets, lay.spans), turns=(0, len(conv.turns)), layout=how
-                )
-            )
+        return self._encode_all([conv])[0]
+
+    def _encode_all(self, convs: list[Conversation]) -> list[list[Encoded] | ConversationError]:
+        """Untruncated samples of each conversation, or why it cannot be encoded; the texts of all
+        of them tokenized in one batch (the tokenizer's threads)."""
+        laid: list[Any] = []
+        for conv in convs:
+            try:
+                laid.append(self._layouts(conv))
+            except ConversationError as e:
+                laid.append(e)
+        texts = [x.text for item in laid if not isinstance(item, ConversationError) for x in item[0]]
+        tokens = iter(self._tokenize(texts))
+        out: list[list[Encoded] | ConversationError] = []
+        for conv, item in zip(convs, laid):
+            if isinstance(item, ConversationError):
+                out.append(item)
+                continue
+            layouts, how = item
+            samples, error = [], None
+            for k, lay in enumerate(layouts):
+                ids, offsets = next(tokens)
+                try:
+                    labels = self._labels(ids, offsets, lay.spans)
+                except ConversationError as e:
+                    error = error or e
+                    continue
+                sid = conv.id if len(layouts) == 1 else f"{conv.id}_t{k}"
+                samples.append(Encoded(sid, ids, labels, turns=(0, len(conv.turns)), layout=how))
+            out.append(error or samples)
         return out
 
     def _cut(self, e: Encoded) -> Encoded:
@@ -382,9 +431,10 @@ class Encoder:
         """The samples of each conversation under `long`; a conversation that cannot be encoded
         gives one empty sample naming why (data.on_error=skip), else raises TemplateError."""
         out = []
-        for conv in convs:
+        for conv, whole in zip(convs, self._encode_all(convs)):
             try:
-                whole = self._whole(conv)
+                if isinstance(whole, ConversationError):
+                    raise whole
                 if self.long == LongMode.split and any(len(e.input_ids) > self.max_length for e in whole):
                     whole = self.split(conv) if len(whole) == 1 else whole
                 out.append([self._cut(e) for e in whole])
@@ -399,7 +449,14 @@ class Encoder:
 
     def encode_batch(self, convs: list[Conversation]) -> list[Encoded]:
         """One sample per conversation, truncated at max_length (whatever `long` says)."""
-        return [self._cut(self._whole(c)[0]) for c in convs]
+        out = []
+        for conv, whole in zip(convs, self._encode_all(convs)):
+            if isinstance(whole, ConversationError):
+                raise TemplateError(
+                    f"data.template={self.template.name}: conversation {conv.id}: {whole.detail}"
+                )
+            out.append(self._cut(whole[0]))
+        return out
 
     def encode(self, conv: Conversation) -> Encoded:
         """The whole conversation as one sample, truncated at max_length (lazy mode: the first
@@ -455,6 +512,59 @@ class Encoder:
             )
         return max(ends)[1]
 
+    def _stable_header(self) -> str | None:
+        """The generation prompt, when one rendering can be labelled (see `_anchored`): it holds a
+        special token, and on probe conversations (system or not, several turns, reasoning and a
+        tool call where the template renders them) every turn renders alike as the latest message
+        and in the history, and every prompt is a prefix of the whole."""
+        user = [Message("user", "Hello! How are you?")]
+        try:
+            bare = self._render([m.for_template() for m in user], None, generation=False)
+            prompt = self._render([m.for_template() for m in user], None, generation=True)
+        except ConversationError:
+            return None
+        header = prompt[len(bare) :] if prompt.startswith(bare) else ""
+        if not any(t in header for t in self._specials):
+            return None
+        reply = {"reasoning_content": "Let me think."} if self.template.reads("reasoning_content") else {}
+        call = {
+            "type": "function",
+            "function": {"name": "lookup", "arguments": {"q": "x"}},
+            "id": "abcdefghi",
+        }
+        turns = [
+            Message("user", "Hi"),
+            Message("assistant", "Hello.", train=True, extra=reply),
+            Message("user", "And then?"),
+            Message("assistant", "Then this.", train=True),
+            Message("user", "Last one"),
+            Message("assistant", "Done.", train=True, extra=reply),
+        ]
+        probes = [
+            Conversation("p", tuple(turns)),
+            Conversation("p", (Message("system", "Be brief."), *turns)),
+        ]
+        if self.template.reads("tool_calls"):
+            tool = (
+                Message("user", "Look it up"),
+                Message("assistant", "", train=True, extra={"tool_calls": [call]}),
+                Message("tool", "found", extra={"tool_call_id": "abcdefghi", "name": "lookup"}),
+                Message("assistant", "It is found.", train=True),
+            )
+            probes.append(Conversation("p", tool))
+        for probe in probes:
+            msgs = [m.for_template() for m in probe.messages]
+            try:
+                whole = self._render(msgs, None, generation=False)
+                for k, m in enumerate(probe.messages):
+                    if m.train:
+                        text, start, end = self._turn(msgs, None, k)
+                        if not whole.startswith(text[:end]) or whole[start - len(header) : start] != header:
+                            return None
+            except ConversationError:
+                return None
+        return header
+
     def _check(self, tokenizer: Any) -> None:
         """The probe encodes to what the tokenizer gives for the rendered text, its prompt to what it
         gives for the prompt alone (the token-level train/serve parity), its span to the reply."""
@@ -483,6 +593,16 @@ def _backend(tokenizer: Any) -> Tokenizer:
     backend.no_truncation()
     backend.no_padding()
     return backend
+
+
+def _find_all(text: str, token: str) -> list[int]:
+    """Where a template-written `token` occurs (not typed: not right after a start marker)."""
+    out, i = [], text.find(token)
+    while i >= 0:
+        if i == 0 or text[i - 1] != _START:
+            out.append(i)
+        i = text.find(token, i + 1)
+    return out
 
 
 def _count(text: str, token: str) -> int:
