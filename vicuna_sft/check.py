@@ -389,6 +389,8 @@ def check(cfg: Config, options: CheckOptions | None = None) -> Report:
 
 
 def print_report(r: Report, cfg: Config, path: str | None) -> None:
+    from .data.sources import describe as describe_data
+
     def variant(d: dict[str, str]) -> str:
         return ", ".join(f"{k}={v}" for k, v in d.items())
 
@@ -396,7 +398,7 @@ def print_report(r: Report, cfg: Config, path: str | None) -> None:
         f"vicuna_sft.check: {variant(r.configured)}  vs reference  {variant(r.reference)}",
         f"  model {cfg.model.name_or_path} ({cfg.model.dtype.value} weights, precision "
         f"{cfg.trainer.precision.value}: tolerances for {r.precision}) on {r.device}",
-        f"  batch {r.samples} samples of {cfg.data.path}: {r.tokens} tokens, {r.trained_tokens} trained",
+        f"  batch {r.samples} samples of {describe_data(cfg.data)}: {r.tokens} tokens, {r.trained_tokens} trained",
         f"  {'':<10} {'max |diff|':>11} {'relative':>10} {'tolerance':>10}",
     ]
     for q in r.quantities:

@@ -151,3 +151,26 @@ def test_library_internals_are_reached_only_from_compat():
             ):
                 found.append(f"{name}:{node.lineno} .{node.attr}")
     assert not found, found
+
+
+def calls(path: pathlib.Path, name: str) -> list[int]:
+    """Lines where `name(...)` or `x.name(...)` is called."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            f = node.func
+            called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if called == name:
+                found.append(node.lineno)
+    return found
+
+
+def test_configured_data_is_read_in_one_place():
+    """Issue 17: every command reads `data.*` through `data.dataset.read_splits` (the check once read
+    files on its own path and broke on a list of sources)."""
+    readers = {
+        name: lines
+        for name, path in modules().items()
+        if (lines := calls(path, "load_conversations")) and name != "vicuna_sft.data.dataset"
+    }
+    assert not readers, readers
