@@ -312,18 +312,8 @@ class TrainerConfig:
     # [{_target_: transformers.EarlyStoppingCallback, early_stopping_patience: 3}]; they run before
     # the built-in ones at every event (training/callbacks.py)
     callbacks: list[Any] = field(default_factory=list)
-    use_cpu: bool | None = None  # None: True when no CUDA device (else CPU ranks under torchrun train alone)
-
-    def runs_on_cpu(self, cuda_available: bool | None = None) -> bool:
-        """The one rule for where a run computes (training, adapters' quantization, the check):
-        `use_cpu` when set, else CPU exactly when no CUDA device is visible."""
-        if self.use_cpu is not None:
-            return self.use_cpu
-        if cuda_available is None:
-            import torch
-
-            cuda_available = torch.cuda.is_available()
-        return not cuda_available
+    # None: CPU exactly when no CUDA device is visible (vicuna_sft/plan.py decides the device)
+    use_cpu: bool | None = None
 
 
 @dataclass
@@ -337,11 +327,6 @@ class Config:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)  # kind none: full fine-tuning
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-
-    def autocast_dtype(self) -> Dtype:
-        """The dtype the matmuls run in: bf16/fp16 under that mixed precision, else the weights'."""
-        half = {Precision.bf16: Dtype.bfloat16, Precision.fp16: Dtype.float16}
-        return half.get(Precision(self.trainer.precision), self.model.dtype)
 
 
 SCHEMA_NAME = "config_schema"

@@ -38,7 +38,9 @@ def test_every_command_reads_a_source_list_as_training_does(run_module, tmp_path
     assert stats["eval"]["conversations"] == 4 and n_train == 36 + n_b // 2  # eval: 4 of the 40, unweighted
 
     pre = tmp_path / "pre"
-    r = run_module("vicuna_sft.preprocess", *common, f"preprocess.out={pre}", f"hydra.run.dir={pre}", cwd=tmp_path)
+    r = run_module(
+        "vicuna_sft.preprocess", *common, f"preprocess.out={pre}", f"hydra.run.dir={pre}", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (pre / "encoded_train.jsonl").read_text().splitlines()]
     assert len(rows) == n_train

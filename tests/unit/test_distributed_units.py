@@ -80,9 +80,9 @@ def test_hybrid_shard_needs_nodes_with_several_ranks(make):
 
 def test_offload_is_gpu_only(make):
     cfg = make("fsdp=full_shard_offload")
-    assert fsdp_arguments(cfg, WRAP, cuda_available=True)["fsdp_config"]["cpu_offload"] is True
+    assert fsdp_arguments(cfg, WRAP, on_cuda=True)["fsdp_config"]["cpu_offload"] is True
     with pytest.raises(ConfigError, match=r"fsdp=full_shard_offload .* needs CUDA"):
-        fsdp_arguments(cfg, WRAP, cuda_available=False)
+        fsdp_arguments(cfg, WRAP, on_cuda=False)
 
 
 def test_cpu_fsdp_adaptation_refuses_untested_accelerate():

@@ -76,7 +76,9 @@ def guard_packed(model: Any) -> Any:
 def require_cuda(variant: str) -> None:
     import torch
 
-    if not torch.cuda.is_available():
+    from ..plan import cuda_available
+
+    if not cuda_available():
         raise AttentionUnavailable(
             f"attention={variant} needs a CUDA GPU and none is visible here "
             f"(torch {torch.__version__}); use attention=sdpa (runs everywhere)"

@@ -10,6 +10,7 @@ from typing import Any
 from .. import attention
 from ..config import Builtin, Config, ModelConfig, builtin_path
 from ..errors import UserError
+from ..plan import RunPlan, make_plan, torch_dtype
 from . import adapters
 from . import loss as losses
 
@@ -97,10 +98,10 @@ def check_loss(cfg: Config) -> None:
     losses.check(cfg)
 
 
-def check_adapter(cfg: Config) -> None:
+def check_adapter(cfg: Config, plan: RunPlan) -> None:
     """The adapter's refusals up front: bitsandbytes and its device, and target modules the
     architecture lacks (read from the model's config alone, before any data is encoded)."""
-    adapters.check(cfg)
+    adapters.check(cfg, plan)
     adapters.check_targets(cfg, lambda: load_config(cfg))
 
 
@@ -126,14 +127,16 @@ def load_config(cfg: Config) -> Any:
     return config
 
 
-def load_model(cfg: Config) -> Any:
-    import torch
+def load_model(cfg: Config, plan: RunPlan | None = None) -> Any:
+    """The model as `cfg` and the run plan (made here when not given) say; on the CPU until the
+    Trainer moves it to the plan's device (a qlora base is quantized onto it while loading)."""
     from transformers import AutoModelForCausalLM
 
+    plan = plan or make_plan(cfg)
     variant = attention.get(cfg.attention.implementation)
     variant.check(cfg)  # fail before loading any weights
     losses.check(cfg)
-    adapters.check(cfg)
+    adapters.check(cfg, plan)
     path = resolve_path(cfg.model)
     common = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
     config = load_config(cfg)
@@ -145,9 +148,9 @@ def load_model(cfg: Config) -> Any:
         path,
         AutoModelForCausalLM.from_pretrained,
         config=config,
-        dtype=getattr(torch, cfg.model.dtype.value),
+        dtype=torch_dtype(plan.weight_dtype),
         attn_implementation=variant.implementation(cfg),
-        **adapters.load_kwargs(cfg),  # qlora: 4-bit quantization while loading
+        **adapters.load_kwargs(cfg, plan),  # qlora: 4-bit quantization while loading
         **common,
     )
     # the loss variant on this instance, then the adapter wrapping it (PEFT calls through to it;
