@@ -11,7 +11,7 @@ in ``vicuna_sft.config.builtin_path`` (used by conf/model/tiny.yaml), not here; 
 
 Building is safe under concurrency and crashes: one process at a time builds (an ``fcntl`` lock
 on ``<dest>.lock`` beside the destination) into a temporary sibling directory which is then
-``os.rename``-d into place atomically, so the destination is either absent or complete.
+renamed into place atomically (``files.replacing``), so the destination is either absent or complete.
 
 torch/transformers/tokenizers are imported inside the functions only, so importing this module
 (e.g. during Hydra config composition) stays cheap.
@@ -25,13 +25,13 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from collections.abc import Iterator
 from importlib import resources
 
 __all__ = ["VICUNA_SYSTEM_PROMPT", "build_tiny", "ensure_tiny", "is_built", "sample_conversations_path"]
 
 from ..data.conversation import VICUNA_SYSTEM as VICUNA_SYSTEM_PROMPT
+from ..files import replacing
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2, as in Llama/Vicuna
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -179,17 +179,13 @@ def build_tiny(
             shutil.rmtree(stale, ignore_errors=True)
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise FileExistsError(f"{dest} exists but does not hold a complete tiny model; remove it")
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=dest.parent))
         try:
-            _build_into(tmp, vocab_size=vocab_size, seed=seed, size=size)
-            os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-            try:
-                os.rename(tmp, dest)  # atomic; replaces an empty directory
-            except OSError:
-                if is_built(dest):  # built by a process that did not take the lock
-                    return dest
-                raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            # the rename replaces an empty directory
+            with replacing(str(dest), str(dest.parent / f"{tmp_prefix}{os.getpid()}")) as tmp:
+                os.makedirs(tmp)
+                _build_into(pathlib.Path(tmp), vocab_size=vocab_size, seed=seed, size=size)
+        except OSError:
+            if is_built(dest):  # built by a process that did not take the lock
+                return dest
+            raise
     return dest
