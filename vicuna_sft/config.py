@@ -72,8 +72,8 @@ class Padding(str, Enum):
 class FsdpStrategy(str, Enum):
     """FastChat's names, mapped to FSDP2 in training.arguments.fsdp_arguments (docs/distributed.md)."""
 
-    none = "none"  # no sharding (plain DDP when several processes run)
-    ddp = "ddp"  # DistributedDataParallel: a full replica per rank
+    none = "none"  # no sharding: one process, or plain DDP (a full replica per rank) when several run
+    ddp = "ddp"  # the same as none, under the name users know it by: to_config turns it into none
     full_shard = "full_shard"  # params, grads, optimizer state sharded; reshard after forward
     shard_grad_op = "shard_grad_op"  # like full_shard, but params stay gathered between forward and backward
     hybrid_shard = "hybrid_shard"  # shard within a node, replicate across nodes (nnodes >= 2)
@@ -457,6 +457,17 @@ def to_config(cfg: DictConfig) -> Config:
     body = OmegaConf.masked_copy(cfg, [f.name for f in fields(Config)]) if "hydra" in cfg else cfg
     try:
         # merged onto the schema: a masked copy (or a plain DictConfig) would otherwise come back as a dict
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), body))
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), body))
     except MissingMandatoryValue as e:
         raise UserError(f"{e.full_key} is required: set {e.full_key}=...") from None
+    if typed.fsdp.strategy == FsdpStrategy.ddp:  # one name per behaviour past this point
+        import logging
+
+        logging.getLogger("vicuna_sft").warning(DDP_ALIAS_NOTICE)
+        typed.fsdp.strategy = FsdpStrategy.none
+    return typed
+
+
+DDP_ALIAS_NOTICE = (
+    "fsdp=ddp is fsdp=none: without FSDP, several processes train with plain DDP (use fsdp=none)"
+)

@@ -52,7 +52,7 @@ def requested_processes(cfg: Config) -> int:
 
 def needs_process_group(cfg: Config) -> bool:
     """Several ranks, or FSDP on one: the Trainer only runs FSDP under torch.distributed."""
-    sharded = FsdpStrategy(cfg.fsdp.strategy) not in (FsdpStrategy.none, FsdpStrategy.ddp)
+    sharded = FsdpStrategy(cfg.fsdp.strategy) != FsdpStrategy.none
     return requested_processes(cfg) > 1 or sharded
 
 

@@ -16,9 +16,9 @@ def fsdp_arguments(
     on_cuda: bool = True,
 ) -> dict[str, Any]:
     """FastChat's FSDP names as FSDP2 TrainingArguments; impossible combinations are refused here,
-    never downgraded. `none` and `ddp` need no arguments: several processes mean DDP to the Trainer."""
+    never downgraded. `none` needs no arguments: several processes mean DDP to the Trainer."""
     strategy = FsdpStrategy(cfg.fsdp.strategy)
-    if strategy in (FsdpStrategy.none, FsdpStrategy.ddp):
+    if strategy == FsdpStrategy.none:
         return {}
     classes = list(cfg.fsdp.wrap_classes or wrap_classes)
     if not classes:
