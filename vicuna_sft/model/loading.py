@@ -29,7 +29,7 @@ def resolve_path(m: ModelConfig, path: str | None = None) -> str:
     """The local directory or hub id to load; creates a builtin model on first use."""
     path = os.path.expanduser(path or m.name_or_path)
     if m.builtin is not None and _same_path(path, builtin_path(m.builtin)):
-        from .tiny import ensure_tiny
+        from .builtin import ensure_tiny
 
         ensure_tiny(path, Builtin(m.builtin).value)  # no-op when it is already there
     if not os.path.exists(path) and not _HUB_ID.match(path):
