@@ -28,7 +28,6 @@ from .training.result import (
     stopped_result,
     write_result,
 )
-from .training.train import train
 from .validation import check_batch_fits
 
 log = logging.getLogger("vicuna_sft")
@@ -55,7 +54,7 @@ def run(cfg: Config, plan: RunPlan | None = None) -> dict[str, Any]:
     from .training.callbacks import build_callbacks
     from .training.divergence import StopOnDivergence
     from .training.preemption import StopOnSignal
-    from .training.trainer import Trainer, release
+    from .training.trainer import Trainer, release, train
 
     stop, divergence = StopOnSignal(), StopOnDivergence()
     trainer = Trainer(
