@@ -7,11 +7,11 @@
   while the machine's 1-minute load is below --max-load (2 cores shared: a busy machine's number
   means nothing).
 
-"before" is a git ref (default main), exported with `git archive` into a temp dir and imported from
+"before" is a git ref (default: the merge base of main and HEAD), exported with `git archive` into a temp dir and imported from
 there through PYTHONPATH (its conf/ linked in as vicuna_sft/conf, as the editable install maps it);
 "after" is the working tree as installed. Usage:
 
-    python benchmarks/house.py [--before main] [--repeat 5] [--test-fast] [--json out.json]
+    python benchmarks/house.py [--before REF] [--repeat 5] [--test-fast] [--json out.json]
 """
 
 from __future__ import annotations
@@ -155,17 +155,19 @@ def report(results: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--before", default="main", help="git ref measured as 'before' (default main)")
+    p.add_argument(
+        "--before", default=None, help="git ref measured as 'before' (default: where this branch left main)"
+    )
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--test-fast", action="store_true", help="also time `make test-fast` (working tree, once)")
     p.add_argument("--max-load", type=float, default=2.0)
     p.add_argument("--json", help="also write the numbers here")
     args = p.parse_args()
 
-    known = subprocess.run(["git", "rev-parse", "--verify", "-q", args.before], cwd=ROOT, capture_output=True)
-    if known.returncode:  # a clone without that branch (CI): the committed tree stands in for it
-        print(f"house.py: no git ref {args.before!r}; measuring HEAD as 'before'", file=sys.stderr)
-        args.before = "HEAD"
+    if args.before is None:  # main moves on while a branch is worked on: compare with its start
+        base = subprocess.run(["git", "merge-base", "main", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        # a clone without main (CI): the committed tree stands in for it
+        args.before = base.stdout.strip()[:10] if base.returncode == 0 else "HEAD"
     before_name, after_name = f"before ({args.before})", "after (working tree)"
     with tempfile.TemporaryDirectory() as tmp:
         before = export(args.before, pathlib.Path(tmp))
