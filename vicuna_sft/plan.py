@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .config import Config, Dtype, Precision
+from .config import Config, Dtype, Precision, TrainerConfig
 from .process import layout
 from .validation import gradient_accumulation
 
@@ -62,17 +62,29 @@ def torch_dtype(dtype: Dtype | str) -> Any:
 AUTOCAST = {Precision.bf16: Dtype.bfloat16, Precision.fp16: Dtype.float16}
 
 
+def device(trainer: TrainerConfig, cuda: bool | None = None) -> Device:
+    """CPU under `trainer.use_cpu=true` and whenever no CUDA device is visible (the Trainer falls
+    back to it under use_cpu=false too), else CUDA; `cuda`: whether one is visible (None: ask torch)."""
+    on_cuda = (cuda_available() if cuda is None else cuda) and not trainer.use_cpu
+    return Device.cuda if on_cuda else Device.cpu
+
+
+def compute_dtype(precision: Precision, weights: Dtype) -> Dtype:
+    """What the matmuls run in: the autocast's under bf16/fp16 mixed precision, else the weights'."""
+    return AUTOCAST.get(Precision(precision), Dtype(weights))
+
+
 def make_plan(cfg: Config, cuda: bool | None = None) -> RunPlan:
     """The plan of a value-checked config (`validation.checked`); `cuda`: whether a CUDA device is
-    visible (None: ask torch). CPU under `trainer.use_cpu=true` and whenever no CUDA device is
-    visible (the Trainer falls back to it under use_cpu=false too), else CUDA."""
+    visible (None: ask torch)."""
     t = cfg.trainer
-    on_cuda = (cuda_available() if cuda is None else cuda) and not t.use_cpu
+    where = device(t, cuda)
+    on_cuda = where == Device.cuda
     world_size, nnodes = layout(cfg)
     autocast = AUTOCAST.get(Precision(t.precision))
-    compute = autocast or Dtype(cfg.model.dtype)
+    compute = compute_dtype(t.precision, cfg.model.dtype)
     return RunPlan(
-        device=Device.cuda if on_cuda else Device.cpu,
+        device=where,
         world_size=world_size,
         nnodes=nnodes,
         gradient_accumulation=gradient_accumulation(t, world_size),

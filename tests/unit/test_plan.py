@@ -80,14 +80,18 @@ def test_layout_and_accumulation(make):
 
 
 def test_the_training_arguments_follow_the_plan(make, monkeypatch):
+    import sys
+
     import transformers
 
     class Recorder:
         def __init__(self, **kwargs):
             self.kwargs = kwargs
 
-    transformers.TrainingArguments  # noqa: B018  (resolve the lazy attribute before patching it)
-    monkeypatch.setattr(transformers, "TrainingArguments", Recorder)
+    # resolving the lazy attribute can replace sys.modules["transformers"] (as in test_config.py):
+    # patch the module that `from transformers import ...` will see
+    transformers.TrainingArguments  # noqa: B018
+    monkeypatch.setattr(sys.modules["transformers"], "TrainingArguments", Recorder)
     cfg = make("trainer.use_cpu=false", "trainer.precision=bf16", "trainer.global_batch_size=8")
     kwargs = to_training_arguments(cfg, plan=make_plan(cfg, cuda=False)).kwargs
     assert (kwargs["use_cpu"], kwargs["bf16"], kwargs["fp16"], kwargs["gradient_accumulation_steps"]) == (
