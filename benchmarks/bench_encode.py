@@ -90,7 +90,7 @@ def main() -> None:
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
     from vicuna_sft.data.encode import Encoder
     from vicuna_sft.data.records import load_conversations
-    from vicuna_sft.model.tiny import sample_conversations_path
+    from vicuna_sft.model.builtin import sample_conversations_path
 
     tokenizer = load_tokenizer()
     tokenizer.pad_token = tokenizer.unk_token  # what FastChat does (ours never needs a pad token)

@@ -46,7 +46,7 @@ def _cache_outside_the_worktree(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    from vicuna_sft.model.tiny import build_tiny
+    from vicuna_sft.model.builtin import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
@@ -80,7 +80,7 @@ def mistral_tokenizer(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def sample_path() -> pathlib.Path:
-    from vicuna_sft.model.tiny import sample_conversations_path
+    from vicuna_sft.model.builtin import sample_conversations_path
 
     return sample_conversations_path()
 

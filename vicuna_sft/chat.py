@@ -75,9 +75,11 @@ def locate(path: str) -> ModelDir:
 def pick_device(requested: str) -> str:
     import torch
 
+    from .plan import cuda_available
+
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
+        return "cuda" if cuda_available() else "cpu"
+    if requested == "cuda" and not cuda_available():
         raise ChatError(
             f"--device cuda: no CUDA device is visible (torch {torch.__version__}); use --device cpu"
         )
@@ -111,12 +113,13 @@ def adapter_base(path: str) -> str:
 
 
 def load_model(md: ModelDir, device: str, dtype: str) -> Any:
-    import torch
     from transformers.utils import logging as hf_logging
+
+    from .plan import torch_dtype
 
     hf_logging.disable_progress_bar()  # no weight-loading bars in the conversation
 
-    kwargs = {"dtype": "auto" if dtype == "auto" else getattr(torch, dtype)}
+    kwargs = {"dtype": "auto" if dtype == "auto" else torch_dtype(dtype)}
     try:
         if md.adapter:
             try:

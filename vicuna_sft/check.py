@@ -5,7 +5,7 @@ data goes through the model exactly as training builds it (`load_model(cfg)`: th
 variant, dtype and whatever else the model build applies) and is collated with the configured
 padding mode; the same samples go through the reference: the same model with eager attention and
 a right-padded batch (`data.padding=longest`). Both run with the run's dtype and mixed precision,
-in eval mode (dropout off; gradients still flow), on the GPU unless `trainer.use_cpu`. The check
+in eval mode (dropout off; gradients still flow), on the run plan's device (plan.py). The check
 prints the largest differences of
 
     loss       |loss - ref| / |ref|
@@ -39,11 +39,11 @@ from .config import (
     Config,
     LossKind,
     Padding,
-    Precision,
     register_configs,
     schema_node,
 )
 from .errors import UserError
+from .plan import Device, RunPlan, make_plan, torch_dtype
 from .validation import checked
 
 REPORT_FILE = "check.json"
@@ -153,17 +153,7 @@ class Pass:
     grads: dict[str, Any]  # parameter name -> float32 gradient on CPU (parameters that train)
 
 
-def device_for(cfg: Config) -> str:
-    return "cpu" if cfg.trainer.runs_on_cpu() else "cuda"
-
-
-def compute_precision(cfg: Config, device: str) -> str:
-    """The precision the matmuls run in: the autocast's, else the weights' (tf32 when enabled)."""
-    dtype = cfg.autocast_dtype().value
-    return "tf32" if dtype == "float32" and cfg.trainer.tf32 and device == "cuda" else dtype
-
-
-def run_pass(cfg: Config, features: list[dict[str, Any]], pad_id: int, device: str) -> Pass:
+def run_pass(cfg: Config, features: list[dict[str, Any]], pad_id: int, plan: RunPlan) -> Pass:
     """Forward + backward of one batch through the model `load_model(cfg)` builds, collated as
     `cfg.data.padding` says, the loss normalised by the trained-token count as the Trainer does."""
     import torch
@@ -175,17 +165,17 @@ def run_pass(cfg: Config, features: list[dict[str, Any]], pad_id: int, device: s
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(cfg.trainer.seed)  # anything the model build initialises (adapters) matches
-    model = load_model(cfg).to(device)
+    device = plan.device.value
+    model = load_model(cfg, plan).to(device)
     model.eval()  # dropout off in both passes: they must compute the same function
     batch = Collator(pad_id, cfg.data.padding, cfg.data.max_length)(features)
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     # the Trainer's num_items_in_batch: labels that are predicted (position 0 never is)
     n_items = (batch["labels"][..., 1:] != IGNORE_INDEX).sum()
-    precision = Precision(cfg.trainer.precision)
     autocast = torch.autocast(
         device_type=device,
-        dtype=torch.bfloat16 if precision == Precision.bf16 else torch.float16,
-        enabled=precision != Precision.fp32,
+        dtype=torch_dtype(plan.autocast or plan.compute_dtype),
+        enabled=plan.autocast is not None,
     )
     with autocast:
         out = model(**batch, use_cache=False, num_items_in_batch=n_items)
@@ -206,7 +196,7 @@ def run_pass(cfg: Config, features: list[dict[str, Any]], pad_id: int, device: s
     grads = {n: p.grad.detach().float().cpu() for n, p in trainable}
     result = Pass(float(out.loss.detach().float()), real.detach().float().cpu(), grads)
     del model, out, logits, real
-    if device == "cuda":
+    if plan.device == Device.cuda:
         torch.cuda.empty_cache()
     return result
 
@@ -358,9 +348,8 @@ def check(cfg: Config, options: CheckOptions | None = None) -> Report:
         if value is not None and not value >= 0:
             raise CheckError(f"check.{key} must be >= 0, got {value}")
     n = options.samples or max(4, cfg.trainer.per_device_train_batch_size)
-    device = device_for(cfg)
-    precision = compute_precision(cfg, device)
-    default = TOLERANCES[precision]
+    plan = make_plan(cfg)
+    default = TOLERANCES[plan.compute_precision]
     tol = Tolerance(
         loss=options.loss_tol if options.loss_tol is not None else default.loss,
         logits=options.logits_tol if options.logits_tol is not None else default.logits,
@@ -368,20 +357,20 @@ def check(cfg: Config, options: CheckOptions | None = None) -> Report:
     )
     import torch
 
-    if device == "cuda":  # as TrainingArguments(tf32=...) sets it for a run
-        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.trainer.tf32)
+    if plan.device == Device.cuda:  # as TrainingArguments(tf32=...) sets it for a run
+        torch.backends.cuda.matmul.allow_tf32 = plan.tf32
     tokenizer = load_tokenizer(cfg.model)
     features = batch_features(cfg, tokenizer, n)
     pad_id = pad_id_for(tokenizer)
     ref_cfg = reference_config(cfg)
-    got = run_pass(cfg, features, pad_id, device)
-    ref = run_pass(ref_cfg, features, pad_id, device)
+    got = run_pass(cfg, features, pad_id, plan)
+    ref = run_pass(ref_cfg, features, pad_id, plan)
     lengths = [len(f["input_ids"]) for f in features]
     return Report(
         configured=describe(cfg),
         reference=describe(ref_cfg),
-        device=device,
-        precision=precision,
+        device=plan.device.value,
+        precision=plan.compute_precision,
         samples=len(features),
         tokens=sum(lengths),
         trained_tokens=sum(sum(1 for t in f["labels"] if t != IGNORE_INDEX) for f in features),
@@ -390,6 +379,8 @@ def check(cfg: Config, options: CheckOptions | None = None) -> Report:
 
 
 def print_report(r: Report, cfg: Config, path: str | None) -> None:
+    from .data.sources import describe as describe_data
+
     def variant(d: dict[str, str]) -> str:
         return ", ".join(f"{k}={v}" for k, v in d.items())
 
@@ -397,7 +388,7 @@ def print_report(r: Report, cfg: Config, path: str | None) -> None:
         f"vicuna_sft.check: {variant(r.configured)}  vs reference  {variant(r.reference)}",
         f"  model {cfg.model.name_or_path} ({cfg.model.dtype.value} weights, precision "
         f"{cfg.trainer.precision.value}: tolerances for {r.precision}) on {r.device}",
-        f"  batch {r.samples} samples of {cfg.data.path}: {r.tokens} tokens, {r.trained_tokens} trained",
+        f"  batch {r.samples} samples of {describe_data(cfg.data)}: {r.tokens} tokens, {r.trained_tokens} trained",
         f"  {'':<10} {'max |diff|':>11} {'relative':>10} {'tolerance':>10}",
     ]
     for q in r.quantities:

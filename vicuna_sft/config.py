@@ -89,8 +89,8 @@ class Padding(str, Enum):
 class FsdpStrategy(str, Enum):
     """FastChat's names, mapped to FSDP2 in training.arguments.fsdp_arguments (docs/distributed.md)."""
 
-    none = "none"  # no sharding (plain DDP when several processes run)
-    ddp = "ddp"  # DistributedDataParallel: a full replica per rank
+    none = "none"  # no sharding: one process, or plain DDP (a full replica per rank) when several run
+    ddp = "ddp"  # the same as none, under the name users know it by: to_config turns it into none
     full_shard = "full_shard"  # params, grads, optimizer state sharded; reshard after forward
     shard_grad_op = "shard_grad_op"  # like full_shard, but params stay gathered between forward and backward
     hybrid_shard = "hybrid_shard"  # shard within a node, replicate across nodes (nnodes >= 2)
@@ -333,23 +333,13 @@ class TrainerConfig:
     # [{_target_: transformers.EarlyStoppingCallback, early_stopping_patience: 3}]; they run before
     # the built-in ones at every event (training/callbacks.py)
     callbacks: list[Any] = field(default_factory=list)
-    use_cpu: bool | None = None  # None: True when no CUDA device (else CPU ranks under torchrun train alone)
+    # None: CPU exactly when no CUDA device is visible (vicuna_sft/plan.py decides the device)
+    use_cpu: bool | None = None
     # any other TrainingArguments field by its transformers name, e.g. {warmup_steps: 5,
     # neftune_noise_alpha: 5}: checked against TrainingArguments' own fields and types when the
     # config is composed; fields this project sets itself are refused naming the key that does
     # (validation.TRAINER_ARGS_OWNED)
     args: dict[str, Any] = field(default_factory=dict)
-
-    def runs_on_cpu(self, cuda_available: bool | None = None) -> bool:
-        """The one rule for where a run computes (training, adapters' quantization, the check):
-        `use_cpu` when set, else CPU exactly when no CUDA device is visible."""
-        if self.use_cpu is not None:
-            return self.use_cpu
-        if cuda_available is None:
-            import torch
-
-            cuda_available = torch.cuda.is_available()
-        return not cuda_available
 
 
 @dataclass
@@ -363,11 +353,6 @@ class Config:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)  # kind none: full fine-tuning
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-
-    def autocast_dtype(self) -> Dtype:
-        """The dtype the matmuls run in: bf16/fp16 under that mixed precision, else the weights'."""
-        half = {Precision.bf16: Dtype.bfloat16, Precision.fp16: Dtype.float16}
-        return half.get(Precision(self.trainer.precision), self.model.dtype)
 
 
 SCHEMA_NAME = "config_schema"
@@ -558,6 +543,17 @@ def to_config(cfg: DictConfig) -> Config:
     body = OmegaConf.masked_copy(cfg, [f.name for f in fields(Config)]) if "hydra" in cfg else cfg
     try:
         # merged onto the schema: a masked copy (or a plain DictConfig) would otherwise come back as a dict
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), body))
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), body))
     except MissingMandatoryValue as e:
         raise UserError(f"{e.full_key} is required: set {e.full_key}=...") from None
+    if typed.fsdp.strategy == FsdpStrategy.ddp:  # one name per behaviour past this point
+        import logging
+
+        logging.getLogger("vicuna_sft").warning(DDP_ALIAS_NOTICE)
+        typed.fsdp.strategy = FsdpStrategy.none
+    return typed
+
+
+DDP_ALIAS_NOTICE = (
+    "fsdp=ddp is fsdp=none: without FSDP, several processes train with plain DDP (use fsdp=none)"
+)

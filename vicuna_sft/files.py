@@ -2,7 +2,9 @@
 either the old or the new one whole.
 
 `replacing(path)`: a temporary path next to `path`, renamed onto it when the block succeeds (and
-removed when it fails): a reader never sees half a file.
+removed when it fails): a reader never sees half a file, or half a directory written there.
+`move(src, dest)`: a rename (atomic on one file system, needs no space). The only module that
+renames (tests/unit/test_layout.py): every "write aside, then rename" goes through `replacing`.
 `hash_file(path)`: (size, xxh3-128) read once in CHUNK pieces: the one hash of checkpoint
 manifests, data files, model files and data-cache entries (memoized ones: data.sources.file_digest).
 
@@ -54,15 +56,22 @@ def replace_dir(new: str, dest: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def move(src: str, dest: str) -> None:
+    os.replace(src, dest)
+
+
 @contextlib.contextmanager
 def replacing(path: str, tmp: str | None = None) -> Iterator[str]:
-    """Yields where to write `path`'s new content (`tmp`, default `<path>.<pid>.tmp`); on success
-    it replaces `path` atomically."""
+    """Yields where to write `path`'s new content (`tmp`, default `<path>.<pid>.tmp`): a file, or a
+    directory the block creates (`path` then must be absent or an empty directory); on success it
+    replaces `path` atomically, on failure `tmp` is removed."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = tmp or f"{path}.{os.getpid()}.tmp"
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.lexists(tmp):
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
             os.unlink(tmp)

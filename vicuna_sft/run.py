@@ -15,7 +15,7 @@ from .data.sources import data_digests
 from .errors import PREEMPTED_EXIT, Diverged, Preempted
 from .model.identity import model_digests
 from .model.loading import load_model, load_tokenizer
-from .process import world_size
+from .plan import RunPlan, make_plan
 from .training.arguments import to_training_arguments
 from .training.checkpoint import resolve_resume, run_fingerprint, set_aside_previous_outputs
 from .training.final import save_final
@@ -28,17 +28,18 @@ from .training.result import (
     stopped_result,
     write_result,
 )
-from .training.train import train
 from .validation import check_batch_fits
 
 log = logging.getLogger("vicuna_sft")
 
 
-def run(cfg: Config) -> dict[str, Any]:
+def run(cfg: Config, plan: RunPlan | None = None) -> dict[str, Any]:
+    """`plan`: the entry's (vicuna_sft/plan.py), made here when not given."""
+    plan = plan or make_plan(cfg)
     out = cfg.trainer.output_dir
     # the data files' and the model's content are part of the math: hashed here (memoized on disk),
     # the data digests reused by the data cache
-    fingerprint = run_fingerprint(cfg, world_size(), data_digests(cfg.data), model_digests(cfg.model))
+    fingerprint = run_fingerprint(cfg, plan.world_size, data_digests(cfg.data), model_digests(cfg.model))
     end = (cfg.trainer.max_steps, cfg.trainer.num_train_epochs)
     resume = resolve_resume(cfg.trainer.resume, out, fingerprint, cfg.trainer.resume_on_config_change, end)
     set_aside_previous_outputs(out)
@@ -47,14 +48,14 @@ def run(cfg: Config) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model)
     data = build_datasets(cfg.data, tokenizer, seed=cfg.trainer.seed)
     report_data(data.stats, out)
-    check_batch_fits(cfg.trainer, len(data.train), world_size())  # before the model loads
-    model = load_model(cfg, vocab_size=len(tokenizer))
-    args = to_training_arguments(cfg, wrap_classes=no_split_modules(model))
+    check_batch_fits(cfg.trainer, len(data.train), plan.world_size)  # before the model loads
+    model = load_model(cfg, plan, vocab_size=len(tokenizer))
+    args = to_training_arguments(cfg, wrap_classes=no_split_modules(model), plan=plan)
 
     from .training.callbacks import build_callbacks
     from .training.divergence import StopOnDivergence
     from .training.preemption import StopOnSignal
-    from .training.trainer import Trainer, release
+    from .training.trainer import Trainer, release, train
 
     stop, divergence = StopOnSignal(), StopOnDivergence()
     trainer = Trainer(
@@ -86,7 +87,7 @@ def run(cfg: Config) -> dict[str, Any]:
         )
     trainer.save_state()
     eval_metrics = final_eval(trainer) if data.eval is not None else {}
-    saved = save_final(trainer, tokenizer, cfg)
+    saved = save_final(trainer, tokenizer, cfg, plan)
     result = {**run_result(trainer, eval_metrics, saved, resume), **data.seen_stats()}
     if trainer.is_world_process_zero():
         write_result(result, out)

@@ -463,7 +463,7 @@ def adapter_errors(cfg: Config) -> list[str]:
             a.kind != AdapterKind.qlora or cfg.fsdp.strategy not in SHARDING,
             f"adapter=qlora with fsdp={cfg.fsdp.strategy.value} is not supported: FSDP would have to shard "
             "bitsandbytes' packed 4-bit weights (stored in the compute dtype, with their quantization state "
-            "kept per shard); use fsdp=none (one GPU) or fsdp=ddp (a replica of the 4-bit base per GPU)",
+            "kept per shard); use fsdp=none (one GPU, or a replica of the 4-bit base per GPU)",
         ),
     ]
     return [msg for ok, msg in checks if not ok]

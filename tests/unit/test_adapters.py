@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from vicuna_sft import config as C
 from vicuna_sft.config import register_configs, to_config
 from vicuna_sft.model import adapters
+from vicuna_sft.plan import make_plan
 from vicuna_sft.validation import ConfigError, validate
 
 
@@ -25,6 +26,11 @@ def make(tmp_path_factory):
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="vicuna_sft.conf", version_base="1.3"):
         yield lambda *o: to_config(compose("config", overrides=[f"trainer.output_dir={out}", *o]))
+
+
+def check_on(cfg: C.Config, cuda: bool) -> None:
+    """The adapter's machine checks on a machine with (or without) a visible CUDA device."""
+    adapters.check(cfg, make_plan(cfg, cuda=cuda))
 
 
 def test_adapter_options_are_the_enum_and_lora_is_fastchat(make):
@@ -89,19 +95,19 @@ def test_bad_values_are_refused_together(make):
 def test_qlora_without_bitsandbytes_names_the_extra(make, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes -> ImportError
     with pytest.raises(adapters.AdapterError, match=r"pip install 'vicuna_sft\[qlora\]'"):
-        adapters.check(make("adapter=qlora"), cuda_available=False)
-    adapters.check(make("adapter=lora"), cuda_available=False)  # lora needs no bitsandbytes
+        check_on(make("adapter=qlora"), cuda=False)
+    check_on(make("adapter=lora"), cuda=False)  # lora needs no bitsandbytes
 
 
 def test_qlora_on_a_device_bitsandbytes_cannot_quantize_on(make, monkeypatch):
     old_bnb = types.SimpleNamespace(__version__="0.45.0")  # before CPU support: CUDA only
     monkeypatch.setitem(sys.modules, "bitsandbytes", old_bnb)
     with pytest.raises(adapters.AdapterError, match=r"cannot quantize on cpu \(it supports \['cuda'\]\)"):
-        adapters.check(make("adapter=qlora"), cuda_available=False)
-    adapters.check(make("adapter=qlora"), cuda_available=True)
+        check_on(make("adapter=qlora"), cuda=False)
+    check_on(make("adapter=qlora"), cuda=True)
     # a CUDA machine told to train on CPU counts as CPU
     with pytest.raises(adapters.AdapterError, match="cannot quantize on cpu"):
-        adapters.check(make("adapter=qlora", "trainer.use_cpu=true"), cuda_available=True)
+        check_on(make("adapter=qlora", "trainer.use_cpu=true"), cuda=True)
 
 
 @pytest.mark.parametrize("strategy", ["full_shard", "shard_grad_op", "hybrid_shard", "full_shard_offload"])

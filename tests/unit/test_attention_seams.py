@@ -95,7 +95,7 @@ def _cfg(**over):
             dtype=Dtype.float32, trust_remote_code=False, name_or_path="/nonexistent/model"
         ),
         data=SimpleNamespace(padding=Padding.longest),
-        trainer=SimpleNamespace(precision=Precision.bf16),
+        trainer=SimpleNamespace(precision=Precision.bf16, use_cpu=None),
     )
     for path, value in over.items():
         group, key = path.split("__")
@@ -114,6 +114,21 @@ def test_flash_and_xformers_need_cuda(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())  # "xformers installed"
     with pytest.raises(AttentionUnavailable, match="attention=xformers needs a CUDA GPU"):
         xformers.check(_cfg())
+
+
+def test_flash_refused_when_the_run_computes_on_the_cpu(monkeypatch):
+    """Issue 17: the kernels' check asked only whether CUDA is visible; under trainer.use_cpu=true
+    the run plan puts the run on the CPU, where flash cannot run."""
+    import torch
+
+    from vicuna_sft.attention import AttentionUnavailable, flash
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(flash, "has_flash_attn", lambda: True)
+    with pytest.raises(
+        AttentionUnavailable, match=r"attention=flash needs a CUDA GPU, but trainer\.use_cpu=true"
+    ):
+        flash.check(_cfg(trainer__use_cpu=True))
 
 
 def test_xformers_missing_names_the_extra(monkeypatch):

@@ -193,3 +193,18 @@ def test_wrong_loss_fails_naming_it(tiny_dir, sample_path, monkeypatch):
     assert report.configured["loss"] == "chunked" and report.reference["loss"] == "full"
     assert not q["loss"].ok and not q["gradients"].ok
     assert q["logits"].ok  # the logits come from the model, not from the loss
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_use_cpu_false_on_a_cpu_machine_checks_where_training_computes(tiny_dir, sample_path):
+    """Issue 17: the check decided the device on its own and chose CUDA under trainer.use_cpu=false
+    on a CPU machine (a crash moving the model), where training computes on the CPU."""
+    from dataclasses import replace
+
+    from vicuna_sft.training.arguments import to_training_arguments
+
+    cfg = make_cfg(tiny_dir, sample_path)
+    cfg = replace(cfg, trainer=replace(cfg.trainer, use_cpu=False))
+    report = check(cfg, OPTIONS)
+    assert report.ok, report.failures()
+    assert report.device == to_training_arguments(cfg).device.type == "cpu"

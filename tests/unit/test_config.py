@@ -103,7 +103,8 @@ def test_every_option_composes_and_converts(make, recorded, group: str, option: 
     assert isinstance(cfg.trainer.precision, C.Precision)
     if group in ("attention", "fsdp"):  # one YAML per enum member, named after it
         member = cfg.attention.implementation if group == "attention" else cfg.fsdp.strategy
-        assert member.value == option
+        # fsdp=ddp is an alias: to_config turns it into none (issue 17)
+        assert member.value == ("none" if (group, option) == ("fsdp", "ddp") else option)
     try:
         kwargs = recorded(cfg, world_size=8)
     except ConfigError as e:  # a deliberate refusal for this layout (e.g. HSDP on one node)

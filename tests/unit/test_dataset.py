@@ -91,3 +91,12 @@ def test_longest_padding_gives_the_unpadded_loss(tiny_dir, bpe_tokenizer):
         alone = model(input_ids=torch.tensor([short.input_ids]), use_cache=False).logits
     n = len(short.input_ids)
     torch.testing.assert_close(logits[0, :n], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_record_stats_hold_only_what_reading_sets(sample_path):
+    """records.Stats had truncated/tokens/trained_tokens fields nothing ever set (always 0): token
+    counts belong to the encoded splits (SampleStats). The record stats are what reading counts."""
+    from vicuna_sft.data.records import load_conversations
+
+    _, stats = load_conversations(str(sample_path), skip_errors=False)
+    assert set(stats.as_dict()) == {"read", "kept", "dropped", "adjusted"} and stats.read == 300

@@ -37,7 +37,22 @@ def make(tmp_path_factory):
 
 def test_every_strategy_has_its_option_file(make):
     for s in FsdpStrategy:
-        assert make(f"fsdp={s.value}").fsdp.strategy == s
+        want = FsdpStrategy.none if s == FsdpStrategy.ddp else s  # ddp: an alias, below
+        assert make(f"fsdp={s.value}").fsdp.strategy == want
+
+
+def test_ddp_is_an_alias_of_none_with_a_notice(make, caplog):
+    """Issue 17: fsdp=none and fsdp=ddp behaved the same under two names; ddp still works, says so."""
+    with caplog.at_level(logging.WARNING, logger="vicuna_sft"):
+        cfg = make("fsdp=ddp")
+    assert cfg.fsdp.strategy == FsdpStrategy.none
+    assert [r.getMessage() for r in caplog.records] == [
+        "fsdp=ddp is fsdp=none: without FSDP, several processes train with plain DDP (use fsdp=none)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vicuna_sft"):
+        make("fsdp=none")
+    assert caplog.records == []
 
 
 @pytest.mark.parametrize("strategy", ["none", "ddp"])
@@ -80,9 +95,9 @@ def test_hybrid_shard_needs_nodes_with_several_ranks(make):
 
 def test_offload_is_gpu_only(make):
     cfg = make("fsdp=full_shard_offload")
-    assert fsdp_arguments(cfg, WRAP, cuda_available=True)["fsdp_config"]["cpu_offload"] is True
+    assert fsdp_arguments(cfg, WRAP, on_cuda=True)["fsdp_config"]["cpu_offload"] is True
     with pytest.raises(ConfigError, match=r"fsdp=full_shard_offload .* needs CUDA"):
-        fsdp_arguments(cfg, WRAP, cuda_available=False)
+        fsdp_arguments(cfg, WRAP, on_cuda=False)
 
 
 def test_cpu_fsdp_adaptation_refuses_untested_accelerate():

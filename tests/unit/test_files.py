@@ -62,3 +62,21 @@ def test_a_kill_between_the_renames_leaves_a_whole_directory_that_readers_recove
     assert found.path == str(tmp_path / "final")
     assert content(tmp_path / "final")["config.json"] == ("old" if "new one is in" in killed else "new")
     assert not (tmp_path / "final.old").exists()
+
+
+def test_replacing_writes_a_directory_whole_or_not_at_all(tmp_path):
+    """files.replacing also takes a directory written aside (the data cache's entries, the tiny
+    model): renamed in on success, removed on failure, the destination untouched then."""
+    dest = tmp_path / "entry"
+    with pytest.raises(RuntimeError), files.replacing(str(dest)) as tmp:
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, "a"), "w") as f:
+            f.write("half")
+        raise RuntimeError("killed while writing")
+    assert sorted(os.listdir(tmp_path)) == []
+    dest.mkdir()  # an empty directory is replaced
+    with files.replacing(str(dest)) as tmp:
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, "a"), "w") as f:
+            f.write("whole")
+    assert sorted(os.listdir(tmp_path)) == ["entry"] and (dest / "a").read_text() == "whole"

@@ -18,6 +18,7 @@ LAYERS = [
     {"errors", "process", "compat", "files"},
     {"config"},
     {"validation"},
+    {"plan"},  # the run plan: device, layout, dtypes (after validation, before anything builds)
     {"attention", "data"},
     {"model"},
     {"training"},
@@ -151,3 +152,98 @@ def test_library_internals_are_reached_only_from_compat():
             ):
                 found.append(f"{name}:{node.lineno} .{node.attr}")
     assert not found, found
+
+
+def calls(path: pathlib.Path, name: str) -> list[int]:
+    """Lines where `name(...)` or `x.name(...)` is called."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            f = node.func
+            called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if called == name:
+                found.append(node.lineno)
+    return found
+
+
+def test_configured_data_is_read_in_one_place():
+    """Issue 17: every command reads `data.*` through `data.dataset.read_splits` (the check once read
+    files on its own path and broke on a list of sources)."""
+    readers = {
+        name: lines
+        for name, path in modules().items()
+        if (lines := calls(path, "load_conversations")) and name != "vicuna_sft.data.dataset"
+    }
+    assert not readers, readers
+
+
+def attribute_uses(path: pathlib.Path) -> list[tuple[int, str]]:
+    """(line, dotted name) of every `a.b.c` attribute chain in the module."""
+
+    def dotted(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, ast.Attribute) and (base := dotted(node.value)):
+            return f"{base}.{node.attr}"
+        return None
+
+    return [
+        (node.lineno, name)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and (name := dotted(node))
+    ]
+
+
+PLAN = "vicuna_sft.plan"
+# the checkpoint manifest's safe unpickler resolves the torch dtypes a pickle names, by name
+TORCH_BY_NAME = {"vicuna_sft.training.manifest"}
+
+
+def test_only_the_run_plan_decides_device_and_dtypes():
+    """Issue 17: the device was decided three times (one copy disagreed with training) and a
+    precision mapped to a dtype three times. Only vicuna_sft/plan.py asks whether CUDA is visible,
+    maps a precision (bf16/fp16) to a dtype, or turns a dtype name into a torch dtype."""
+    found = []
+    for name, path in modules().items():
+        if name == PLAN:
+            continue
+        for line, attr in attribute_uses(path):
+            if attr.endswith("cuda.is_available") or attr in ("Precision.bf16", "Precision.fp16"):
+                found.append(f"{name}:{line} {attr}")
+        if name in TORCH_BY_NAME:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "getattr"
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id == "torch"
+            ):
+                found.append(f"{name}:{node.lineno} getattr(torch, ...)")
+    assert not found, found
+
+
+def test_renames_and_hashes_live_in_files():
+    """Issue 17: "write aside, then rename" was written by hand about eight times, and a file hash
+    twice with different return types. Renames go through files.replacing / files.move, and
+    xxhash is used by files.hash_file alone."""
+    found = []
+    for name, path in modules().items():
+        if name == "vicuna_sft.files":
+            continue
+        found += [
+            f"{name}:{line} {a}" for line, a in attribute_uses(path) if a in ("os.replace", "os.rename")
+        ]
+        found += [f"{name}: imports {m}" for m in imports_of(path) if m.split(".")[0] == "xxhash"]
+    assert not found, found
+
+
+def imports_of(path: pathlib.Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module)
+    return out

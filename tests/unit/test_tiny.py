@@ -8,7 +8,7 @@ import pathlib
 
 import pytest
 
-from vicuna_sft.model.tiny import build_tiny, ensure_tiny, is_built, sample_conversations_path
+from vicuna_sft.model.builtin import build_tiny, ensure_tiny, is_built, sample_conversations_path
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, vicuna_sft.model.tiny; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = "import sys, vicuna_sft.model.builtin; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run(
         [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     )
@@ -130,3 +130,10 @@ def test_refuses_foreign_nonempty_dir(tmp_path: pathlib.Path):
     (dest / "notes.txt").write_text("not a model")
     with pytest.raises(FileExistsError):
         build_tiny(dest)
+
+
+def test_the_old_module_name_still_imports():
+    """model/tiny.py became model/builtin.py (it builds `small` too); the old import keeps working."""
+    from vicuna_sft.model import builtin, tiny
+
+    assert tiny.build_tiny is builtin.build_tiny and tiny.ensure_tiny is builtin.ensure_tiny

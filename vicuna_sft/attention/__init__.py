@@ -73,21 +73,30 @@ def guard_packed(model: Any) -> Any:
 # --- shared by the kernel variants (flash, xformers): checks, masks, boundaries, dtypes ---------
 
 
-def require_cuda(variant: str) -> None:
+def require_cuda(cfg: Any, variant: str) -> None:
+    """The run must compute on CUDA (the plan's device: a visible GPU, and trainer.use_cpu not set)."""
     import torch
 
-    if not torch.cuda.is_available():
+    from ..plan import Device, cuda_available, device
+
+    if not cuda_available():
         raise AttentionUnavailable(
             f"attention={variant} needs a CUDA GPU and none is visible here "
             f"(torch {torch.__version__}); use attention=sdpa (runs everywhere)"
+        )
+    if device(cfg.trainer, cuda=True) != Device.cuda:
+        raise AttentionUnavailable(
+            f"attention={variant} needs a CUDA GPU, but trainer.use_cpu=true runs on the CPU; "
+            "drop trainer.use_cpu, or use attention=sdpa (runs everywhere)"
         )
 
 
 def require_half(cfg: Any, variant: str) -> None:
     """Flash kernels compute in fp16/bf16 only: either the weights or the autocast must be half."""
-    half_weights = cfg.model.dtype.value in ("bfloat16", "float16")
-    half_autocast = cfg.trainer.precision.value in ("bf16", "fp16")
-    if not (half_weights or half_autocast):
+    from ..config import Dtype
+    from ..plan import compute_dtype
+
+    if compute_dtype(cfg.trainer.precision, cfg.model.dtype) == Dtype.float32:
         raise AttentionUnavailable(
             f"attention={variant} runs in fp16/bf16 only, but model.dtype={cfg.model.dtype.value} and "
             f"trainer.precision={cfg.trainer.precision.value}; set trainer.precision=bf16 "

@@ -57,7 +57,7 @@ def has_torch_varlen() -> bool:
 
 def check(cfg: Any) -> None:
     check_packing(cfg)
-    require_cuda("flash")
+    require_cuda(cfg, "flash")
     require_half(cfg, "flash")
     if Padding(cfg.data.padding) == Padding.packed and not (has_flash_attn() or has_torch_varlen()):
         import torch

@@ -47,7 +47,7 @@ def check(cfg: Any) -> None:
             "attention=xformers needs the xformers package: pip install 'vicuna_sft[xformers]' "
             "(or use attention=flash / attention=sdpa)"
         )
-    require_cuda("xformers")
+    require_cuda(cfg, "xformers")
 
 
 def check_model(cfg: Any, model_config: Any) -> None:

@@ -51,7 +51,7 @@ def check_version(version: str) -> None:
     if not (low <= major_minor < high):
         raise UnsupportedAccelerate(
             f"FSDP on CPU relies on an adaptation tested with accelerate >={low[0]}.{low[1]},<{high[0]}.{high[1]}; "
-            f"found {version}. Refusing rather than silently training unsharded: use fsdp=ddp on CPU, "
+            f"found {version}. Refusing rather than silently training unsharded: use fsdp=none (plain DDP) on CPU, "
             "or an accelerate version in that range"
         )
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig, cache_root
+from ..files import replacing
 from ..process import local_rank
 from . import sources
 
@@ -239,19 +240,18 @@ def load_or_build(
         log.info("data cache miss: encoding into %s", entry)
         start = time.perf_counter()
         splits, stats = build()
-        tmp = f"{entry}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.makedirs(tmp)
-        for name, ds in splits.items():
-            if ds is not None:
-                ds.save_to_disk(os.path.join(tmp, name))
-        with open(os.path.join(tmp, KEY_FILE), "w", encoding="utf-8") as f:
-            json.dump(inputs, f, indent=2, sort_keys=True)
-        with open(os.path.join(tmp, STATS_FILE), "w", encoding="utf-8") as f:
-            json.dump(stats, f, indent=2)
-        _write_manifest(tmp)  # last: its presence marks the entry complete
         if os.path.isdir(entry):  # incomplete or damaged (checked above, under the lock): never trusted
             shutil.rmtree(entry)
-        os.rename(tmp, entry)
+        with replacing(entry, f"{entry}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}") as tmp:
+            os.makedirs(tmp)
+            for name, ds in splits.items():
+                if ds is not None:
+                    ds.save_to_disk(os.path.join(tmp, name))
+            with open(os.path.join(tmp, KEY_FILE), "w", encoding="utf-8") as f:
+                json.dump(inputs, f, indent=2, sort_keys=True)
+            with open(os.path.join(tmp, STATS_FILE), "w", encoding="utf-8") as f:
+                json.dump(stats, f, indent=2)
+            _write_manifest(tmp)  # last: its presence marks the entry complete
         log.info("data cache: stored %s in %.1f s", entry, time.perf_counter() - start)
     finally:
         lock.release()

@@ -237,11 +237,7 @@ def read_splits(cfg: DataConfig, seed: int) -> tuple[list[Conversation], list[Co
     # source is known: a fractional weight on a small source can round to no sample at all
     picked = apply_weights(list(range(len(train_items))), [w for _, w, _ in train_items], seed)
     train_convs = [train_items[i][0] for i in picked]
-    record_keys = ("read", "kept", "dropped", "adjusted")  # token counts belong to the splits
-    record_stats = {
-        p: {"xxh3_128": file_digest(p), **{k: v for k, v in s.as_dict().items() if k in record_keys}}
-        for p, s in records.items()
-    }
+    record_stats = {p: {"xxh3_128": file_digest(p), **s.as_dict()} for p, s in records.items()}
     for k, src in enumerate(srcs):
         record_stats[src.path].update(
             weight=src.weight,

@@ -163,9 +163,9 @@ class Encoder:
 
     def _template_messages(self, conv: Conversation) -> tuple[list[dict[str, Any]], Any]:
         plain = conv.tools is None and not any(m.extra for m in conv.messages)
-        if plain and not self._control_re.search("\0".join(m.content for m in conv.messages)):
-            if not any(_START in m.content or _END in m.content for m in conv.messages):
-                return [{"role": m.role, "content": m.content} for m in conv.messages], None
+        joined = "\0".join(m.content for m in conv.messages)
+        if plain and not self._control_re.search(joined) and _START not in joined and _END not in joined:
+            return [{"role": m.role, "content": m.content} for m in conv.messages], None
         msgs = []
         for m in conv.messages:
             d = self._mark(m.for_template())

@@ -41,9 +41,6 @@ class Stats:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> records not trained on
     adjusted: Counter = field(default_factory=Counter)  # reason -> records kept after a fix-up
-    truncated: int = 0
-    tokens: int = 0
-    trained_tokens: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -51,9 +48,6 @@ class Stats:
             "kept": self.kept,
             "dropped": dict(self.dropped),
             "adjusted": dict(self.adjusted),
-            "truncated": self.truncated,
-            "tokens": self.tokens,
-            "trained_tokens": self.trained_tokens,
         }
 
 

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import Config, FsdpStrategy, RdzvBackend, as_dict
 from ..errors import PREEMPTED_EXIT, Diverged, Preempted, UserError
 from ..files import replacing
+from ..plan import RunPlan, make_plan
 from ..process import check_writable_dir, is_worker, rank, world_size
 from ..validation import checked
 from .agreement import LAUNCHER_PID, enter_worker
@@ -51,7 +52,7 @@ def requested_processes(cfg: Config) -> int:
 
 def needs_process_group(cfg: Config) -> bool:
     """Several ranks, or FSDP on one: the Trainer only runs FSDP under torch.distributed."""
-    sharded = FsdpStrategy(cfg.fsdp.strategy) not in (FsdpStrategy.none, FsdpStrategy.ddp)
+    sharded = FsdpStrategy(cfg.fsdp.strategy) != FsdpStrategy.none
     return requested_processes(cfg) > 1 or sharded
 
 
@@ -75,7 +76,8 @@ def entry(dcfg: DictConfig) -> dict[str, Any]:
     """What `python -m vicuna_sft` does with a composed config."""
     cfg = checked(dcfg)  # bad values fail here, before torch is even imported
     check_layout(cfg)
-    preflight(cfg)
+    plan = make_plan(cfg)  # the launch layout as this process sees it (a worker: the launcher's)
+    preflight(cfg, plan)
     from .run_lock import run_lock
 
     # one run per directory: the process that decides for the run holds the lock (rank 0, or the
@@ -84,18 +86,18 @@ def entry(dcfg: DictConfig) -> dict[str, Any]:
     with run_lock(cfg.trainer.output_dir) if decides else contextlib.nullcontext():
         if needs_process_group(cfg) and not is_worker():
             return launch(cfg)
-        return run_worker(cfg)
+        return run_worker(cfg, plan)
 
 
-def run_worker(cfg: Config) -> dict[str, Any]:
+def run_worker(cfg: Config, plan: RunPlan | None = None) -> dict[str, Any]:
     """This process is one rank (or the only process): agree with the other ranks, then run."""
     from ..run import run
 
     enter_worker(cfg)
-    return run(cfg)
+    return run(cfg, plan)
 
 
-def preflight(cfg: Config) -> None:
+def preflight(cfg: Config, plan: RunPlan) -> None:
     """Refuse what cannot run here before workers start, data is encoded or weights load."""
     from ..data.sources import check_files
     from ..model.loading import check_adapter, check_attention, check_loss, check_tokenizer_files
@@ -105,8 +107,8 @@ def preflight(cfg: Config) -> None:
     check_tokenizer_files(cfg.model)
     check_attention(cfg)
     check_loss(cfg)
-    check_adapter(cfg)
-    check_fsdp(cfg)
+    check_adapter(cfg, plan)
+    check_fsdp(cfg, plan)
     check_writable_dir(cfg.trainer.output_dir)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..config import AdapterConfig, AdapterKind, Config, Dtype
 from ..errors import UserError
+from ..plan import RunPlan, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,13 @@ class AdapterError(UserError, ValueError):
 # ---- checks, before anything loads ---------------------------------------------------------------
 
 
-def check(cfg: Config, cuda_available: bool | None = None) -> None:
+def check(cfg: Config, plan: RunPlan) -> None:
     """The adapter's refusals that depend on this machine (its values: validation.py): qlora needs
     bitsandbytes, with 4-bit kernels for the device training runs on."""
     if cfg.adapter.kind != AdapterKind.qlora:
         return
     bnb = import_bitsandbytes()
-    check_quantization_device("cpu" if cfg.trainer.runs_on_cpu(cuda_available) else "cuda", bnb)
+    check_quantization_device(plan.device.value, bnb)
 
 
 def import_bitsandbytes() -> Any:
@@ -112,31 +113,27 @@ def check_targets(cfg: Config, model_config: Callable[[], Any]) -> None:
 # ---- loading and wrapping ------------------------------------------------------------------------
 
 
-def compute_dtype(cfg: Config) -> Dtype:
+def compute_dtype(cfg: Config, plan: RunPlan) -> Dtype:
     if cfg.adapter.compute_dtype is not None:
         return cfg.adapter.compute_dtype
-    return cfg.autocast_dtype()
+    return plan.compute_dtype
 
 
-def load_kwargs(cfg: Config) -> dict[str, Any]:
+def load_kwargs(cfg: Config, plan: RunPlan) -> dict[str, Any]:
     """Extra `from_pretrained` arguments: for qlora the 4-bit quantization, placed on this rank's
     device while loading (bitsandbytes quantizes as the weights arrive there)."""
     if cfg.adapter.kind != AdapterKind.qlora:
         return {}
-    import torch
     from transformers import BitsAndBytesConfig
 
     a = cfg.adapter
-    if not cfg.trainer.runs_on_cpu():
-        device: Any = int(os.environ.get("LOCAL_RANK", 0))
-    else:
-        device = "cpu"
+    device: Any = "cpu" if plan.on_cpu else int(os.environ.get("LOCAL_RANK", 0))
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=a.quant_type.value,
             bnb_4bit_use_double_quant=a.double_quant,
-            bnb_4bit_compute_dtype=getattr(torch, compute_dtype(cfg).value),
+            bnb_4bit_compute_dtype=torch_dtype(compute_dtype(cfg, plan)),
         ),
         "device_map": {"": device},
     }
@@ -270,7 +267,6 @@ def export(
 def merged_model(model: Any, adapter_dir: str, cfg: Config) -> Any:
     """The base as configured for training (RoPE scaling included), without quantization, in
     model.dtype, with the saved adapter merged into its weights."""
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -281,7 +277,7 @@ def merged_model(model: Any, adapter_dir: str, cfg: Config) -> Any:
     base = AutoModelForCausalLM.from_pretrained(
         model.peft_config[model.active_adapter].base_model_name_or_path,  # what training loaded
         config=config,
-        dtype=getattr(torch, cfg.model.dtype.value),
+        dtype=torch_dtype(cfg.model.dtype),
         revision=cfg.model.revision,
         trust_remote_code=cfg.model.trust_remote_code,
     )

@@ -10,6 +10,7 @@ from typing import Any
 from .. import attention
 from ..config import AdapterKind, Builtin, Config, ModelConfig, builtin_path
 from ..errors import UserError
+from ..plan import RunPlan, make_plan, torch_dtype
 from . import adapters
 from . import loss as losses
 
@@ -28,7 +29,7 @@ def resolve_path(m: ModelConfig, path: str | None = None) -> str:
     """The local directory or hub id to load; creates a builtin model on first use."""
     path = os.path.expanduser(path or m.name_or_path)
     if m.builtin is not None and _same_path(path, builtin_path(m.builtin)):
-        from .tiny import ensure_tiny
+        from .builtin import ensure_tiny
 
         ensure_tiny(path, Builtin(m.builtin).value)  # no-op when it is already there
     if not os.path.exists(path) and not _HUB_ID.match(path):
@@ -130,10 +131,10 @@ def check_loss(cfg: Config) -> None:
     losses.check(cfg)
 
 
-def check_adapter(cfg: Config) -> None:
+def check_adapter(cfg: Config, plan: RunPlan) -> None:
     """The adapter's refusals up front: bitsandbytes and its device, and target modules the
     architecture lacks (read from the model's config alone, before any data is encoded)."""
-    adapters.check(cfg)
+    adapters.check(cfg, plan)
     adapters.check_targets(cfg, lambda: load_config(cfg))
 
 
@@ -159,16 +160,18 @@ def load_config(cfg: Config) -> Any:
     return config
 
 
-def load_model(cfg: Config, vocab_size: int | None = None) -> Any:
-    """The model for `cfg`; `vocab_size`: the tokenizer's length, when a template added tokens to
-    it (the embeddings grow to it, new rows at the mean of the old ones)."""
-    import torch
+def load_model(cfg: Config, plan: RunPlan | None = None, vocab_size: int | None = None) -> Any:
+    """The model as `cfg` and the run plan (made here when not given) say; on the CPU until the
+    Trainer moves it to the plan's device (a qlora base is quantized onto it while loading).
+    `vocab_size`: the tokenizer's length, when a template added tokens to it (the embeddings grow
+    to it, new rows at the mean of the old ones)."""
     from transformers import AutoModelForCausalLM
 
+    plan = plan or make_plan(cfg)
     variant = attention.get(cfg.attention.implementation)
     variant.check(cfg)  # fail before loading any weights
     losses.check(cfg)
-    adapters.check(cfg)
+    adapters.check(cfg, plan)
     path = resolve_path(cfg.model)
     common = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
     config = load_config(cfg)
@@ -180,9 +183,9 @@ def load_model(cfg: Config, vocab_size: int | None = None) -> Any:
         path,
         AutoModelForCausalLM.from_pretrained,
         config=config,
-        dtype=getattr(torch, cfg.model.dtype.value),
+        dtype=torch_dtype(plan.weight_dtype),
         attn_implementation=variant.implementation(cfg),
-        **adapters.load_kwargs(cfg),  # qlora: 4-bit quantization while loading
+        **adapters.load_kwargs(cfg, plan),  # qlora: 4-bit quantization while loading
         **common,
     )
     if vocab_size is not None and vocab_size > model.get_input_embeddings().num_embeddings:

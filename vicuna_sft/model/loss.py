@@ -55,7 +55,9 @@ def check(cfg: Config) -> None:
 
     import torch
 
-    if not torch.cuda.is_available():
+    from ..plan import cuda_available
+
+    if not cuda_available():
         raise LossUnavailable(
             f"loss=liger runs Triton kernels on a CUDA GPU and none is visible here (torch {torch.__version__}); "
             "use loss=chunked (runs everywhere, same math)"

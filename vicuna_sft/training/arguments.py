@@ -3,9 +3,9 @@
 from typing import Any
 
 from ..compat.transformers import checkpointing_argument
-from ..config import Config, FsdpStrategy, Precision, Strategy
-from ..process import layout
-from ..validation import ConfigError, gradient_accumulation, trainer_args
+from ..config import Config, Dtype, FsdpStrategy, Strategy
+from ..plan import RunPlan, make_plan
+from ..validation import ConfigError, trainer_args
 
 
 def fsdp_arguments(
@@ -13,20 +13,20 @@ def fsdp_arguments(
     wrap_classes: list[str],
     world_size: int = 1,
     nnodes: int = 1,
-    cuda_available: bool = True,
+    on_cuda: bool = True,
 ) -> dict[str, Any]:
     """FastChat's FSDP names as FSDP2 TrainingArguments; impossible combinations are refused here,
-    never downgraded. `none` and `ddp` need no arguments: several processes mean DDP to the Trainer."""
+    never downgraded. `none` needs no arguments: several processes mean DDP to the Trainer."""
     strategy = FsdpStrategy(cfg.fsdp.strategy)
-    if strategy in (FsdpStrategy.none, FsdpStrategy.ddp):
+    if strategy == FsdpStrategy.none:
         return {}
     classes = list(cfg.fsdp.wrap_classes or wrap_classes)
     if not classes:
         raise ConfigError("fsdp: the model names no decoder-layer class to wrap; set fsdp.wrap_classes")
-    if strategy == FsdpStrategy.full_shard_offload and not cuda_available:
+    if strategy == FsdpStrategy.full_shard_offload and not on_cuda:
         raise ConfigError(
             "fsdp=full_shard_offload offloads parameters from GPU memory to CPU memory and needs CUDA; "
-            "this machine has no CUDA device (use fsdp=full_shard on CPU)"
+            "this run computes on the CPU (no CUDA device, or trainer.use_cpu=true; use fsdp=full_shard on CPU)"
         )
     extra: dict[str, Any] = {}
     if strategy == FsdpStrategy.hybrid_shard:
@@ -57,15 +57,11 @@ def fsdp_arguments(
     }
 
 
-def check_fsdp(cfg: Config) -> None:
+def check_fsdp(cfg: Config, plan: RunPlan) -> None:
     """The FSDP refusals of `fsdp_arguments`, before any process starts or any data is encoded
     (the wrap class is only known once the model loads: a placeholder stands in for it here)."""
-    import torch
-
-    fsdp = fsdp_arguments(cfg, ["<model layer>"], *layout(cfg), torch.cuda.is_available())
-    if (
-        fsdp and cfg.trainer.runs_on_cpu()
-    ):  # FSDP on CPU processes rests on the adaptation's tested accelerate range
+    fsdp = fsdp_arguments(cfg, ["<model layer>"], plan.world_size, plan.nnodes, not plan.on_cpu)
+    if fsdp and plan.on_cpu:  # FSDP on CPU processes rests on the adaptation's tested accelerate range
         import accelerate
 
         from ..compat.accelerate import check_version
@@ -73,23 +69,27 @@ def check_fsdp(cfg: Config) -> None:
         check_version(accelerate.__version__)
 
 
-def to_training_arguments(cfg: Config, wrap_classes: list[str] | None = None) -> Any:
-    """`cfg` is validated (validation.validate); the world size and node count come from `layout`.
-    trainer.args (fields this mapping does not set, validation.TRAINER_ARGS_OWNED) are passed as
-    they are; warmup_steps, a number of steps there, replaces optimizer.warmup_ratio."""
+def to_training_arguments(
+    cfg: Config, wrap_classes: list[str] | None = None, plan: RunPlan | None = None
+) -> Any:
+    """`cfg` is validated (validation.validate); device, layout, accumulation and mixed precision
+    come from the run plan (vicuna_sft/plan.py; made here when not given). trainer.args (fields
+    this mapping does not set, validation.TRAINER_ARGS_OWNED) are passed as they are;
+    warmup_steps, a number of steps there, replaces optimizer.warmup_ratio."""
     from transformers import TrainingArguments
 
-    return TrainingArguments(**{**project_arguments(cfg, wrap_classes), **trainer_args(cfg.trainer.args)})
+    return TrainingArguments(
+        **{**project_arguments(cfg, wrap_classes, plan), **trainer_args(cfg.trainer.args)}
+    )
 
 
-def project_arguments(cfg: Config, wrap_classes: list[str] | None = None) -> dict[str, Any]:
+def project_arguments(
+    cfg: Config, wrap_classes: list[str] | None = None, plan: RunPlan | None = None
+) -> dict[str, Any]:
     """The TrainingArguments this project sets from its own keys (each refused in trainer.args)."""
-    import torch
-
     t, o = cfg.trainer, cfg.optimizer
-    precision = Precision(t.precision)
-    world_size, nnodes = layout(cfg)
-    fsdp = fsdp_arguments(cfg, wrap_classes or [], world_size, nnodes, torch.cuda.is_available())
+    plan = plan or make_plan(cfg)
+    fsdp = fsdp_arguments(cfg, wrap_classes or [], plan.world_size, plan.nnodes, not plan.on_cpu)
     if "parallelism_config" in fsdp:
         from accelerate.parallelism_config import ParallelismConfig
 
@@ -98,7 +98,7 @@ def project_arguments(cfg: Config, wrap_classes: list[str] | None = None) -> dic
         output_dir=t.output_dir,
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size or t.per_device_train_batch_size,
-        gradient_accumulation_steps=gradient_accumulation(t, world_size),
+        gradient_accumulation_steps=plan.gradient_accumulation,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
         learning_rate=o.lr,
@@ -110,8 +110,8 @@ def project_arguments(cfg: Config, wrap_classes: list[str] | None = None) -> dic
         optim=o.name.value,
         lr_scheduler_type=o.scheduler.value,
         warmup_steps=o.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        bf16=precision == Precision.bf16,
-        fp16=precision == Precision.fp16,
+        bf16=plan.autocast == Dtype.bfloat16,
+        fp16=plan.autocast == Dtype.float16,
         tf32=t.tf32,
         logging_steps=t.logging_steps,
         logging_first_step=True,
@@ -126,7 +126,7 @@ def project_arguments(cfg: Config, wrap_classes: list[str] | None = None) -> dic
         dataloader_num_workers=t.dataloader_num_workers,
         report_to=list(t.report_to),
         # CPU-only torchrun: without use_cpu every rank silently trains alone as world size 1
-        use_cpu=cfg.trainer.runs_on_cpu(),
+        use_cpu=plan.on_cpu,
         remove_unused_columns=False,  # our datasets hold exactly the model inputs
         include_num_input_tokens_seen="non_padding",
         **{checkpointing_argument(): bool(cfg.model.activation_checkpointing and not fsdp)},

@@ -20,7 +20,7 @@ from .divergence import StopOnDivergence
 from .plots import LossPlot, plotting_available
 from .preemption import StopOnSignal
 from .throughput import Throughput
-from .train import AlreadyFinished
+from .trainer import AlreadyFinished
 
 
 class CheckpointCompleteCallback(TrainerCallback):

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from ..errors import UserError
-from ..files import replacing
+from ..files import move, replacing
 from ..process import exchange, launcher_store, rank, world_size
 from ..validation import TRAINER_ARGS_RESUME_SAFE, trainer_args
 from . import manifest
@@ -243,7 +243,7 @@ def set_aside_previous_outputs(output_dir: str) -> str | None:
         dest, n = f"{base}-{n}", n + 1
     os.makedirs(dest)
     for name in found:
-        os.replace(os.path.join(output_dir, name), os.path.join(dest, name))
+        move(os.path.join(output_dir, name), os.path.join(dest, name))
     log.warning("set aside the previous run's %s -> %s", ", ".join(found), dest)
     earlier = sorted(
         ((m.group(1), int(m.group(2) or 0)), name)
@@ -266,7 +266,7 @@ def set_aside(output_dir: str, path: str, why: str = "", protect: str | None = N
     n = 1
     while os.path.exists(dest):
         dest, n = f"{base}-{n}", n + 1
-    os.replace(path, dest)
+    move(path, dest)
     if why:
         log.warning("set aside %s -> %s", path, dest)
     prune_set_aside(output_dir, KEEP_SET_ASIDE, protect=protect)

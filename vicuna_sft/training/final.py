@@ -5,18 +5,13 @@ import os
 import shutil
 from typing import Any
 
-from ..config import Config, Dtype
+from ..config import Config
 from ..errors import UserError
 from ..files import replace_dir
 from ..model import adapters
 from ..model.loading import set_inference_pad_token
+from ..plan import RunPlan, make_plan, torch_dtype
 from .checkpoint import apply_umask, write_error_reason
-
-
-def save_dtype(cfg: Config) -> Dtype:
-    if cfg.model.save_dtype is not None:
-        return cfg.model.save_dtype
-    return cfg.autocast_dtype()
 
 
 def stop_ids(eos: int | list[int] | None, eot: int) -> int | list[int]:
@@ -26,17 +21,17 @@ def stop_ids(eos: int | list[int] | None, eot: int) -> int | list[int]:
     return ids[0] if len(ids) == 1 else ids
 
 
-def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> dict[str, str | None]:
-    """`final/`: safetensors in `save_dtype`, use_cache on, the training chat template, generation
-    stopping at its end-of-turn token.
+def save_final(
+    trainer: Any, tokenizer: Any, cfg: Config, plan: RunPlan | None = None
+) -> dict[str, str | None]:
+    """`final/`: safetensors in the plan's `save_dtype`, use_cache on, the training chat template,
+    generation stopping at its end-of-turn token.
     Written next to its final place and renamed, so `final/` is never half-written.
     An adapter run first writes the adapter alone beside it (`final_adapter/`, model/adapters.py),
     and `final/` gets the adapter merged into the base, or is not written (adapter.merge=false).
     Returns {"final_dir", "adapter_dir"}: the paths written (None: not written)."""
-    import torch
-
     final = os.path.join(trainer.args.output_dir, "final")
-    dtype = getattr(torch, save_dtype(cfg).value)
+    dtype = torch_dtype((plan or make_plan(cfg)).save_dtype)
     state_dict = trainer.accelerator.get_state_dict(trainer.model)  # full; gathered on rank 0 under FSDP
     if trainer.args.should_save:
         try:

@@ -1,7 +1,9 @@
 """The Trainer every run uses: transformers' own, plus the CPU FSDP2 adaptation (compat/accelerate.py),
 which is a no-op on GPU machines and whenever FSDP is not asked for, and a checkpoint write that
-fails (a full disk) stopping the run with one line, its partial checkpoint set aside."""
+fails (a full disk) stopping the run with one line, its partial checkpoint set aside; and `train`,
+its train loop, resumed or not, that never steps past max_steps."""
 
+import logging
 import os
 from typing import Any
 
@@ -14,6 +16,13 @@ from ..compat import accelerate as accelerate_compat
 from ..compat.transformers import CheckpointWriteHook
 from . import checkpoint
 from .throughput import EtaProgress, Throughput
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyFinished(Exception):
+    """Raised at train begin (callbacks.StopWhenFinished) when the resumed checkpoint already
+    reached max_steps."""
 
 
 class Trainer(CheckpointWriteHook, _HFTrainer):
@@ -50,3 +59,13 @@ def release(trainer: Any) -> None:
     """Forget process-wide accelerate state so the next job of a sweep starts as it would alone."""
     trainer.accelerator.free_memory()
     accelerate_compat.reset_state()
+
+
+def train(trainer: Any, resume: str | None) -> None:
+    """`trainer.train`, except that a checkpoint already at max_steps trains no extra step: the
+    Trainer would run one more before checking; `callbacks.StopWhenFinished` stops it first, after
+    the checkpoint's weights and state are loaded."""
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except AlreadyFinished:
+        log.info("%s is already at max_steps=%d: nothing left to train", resume, trainer.state.max_steps)
