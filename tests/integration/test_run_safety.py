@@ -280,6 +280,32 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path, run_module):
         holder.wait()
 
 
+def test_a_refused_second_run_leaves_the_live_runs_record_as_it_was(tmp_path, cache_dir, run_module):
+    """Issue 19, item 8: the second run used to be refused only after Hydra had written its own
+    `.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml` over the live run's."""
+    out = tmp_path / "run"
+    live = start(cache_dir, [*BASE, "trainer.max_steps=400", f"hydra.run.dir={out}"], tmp_path)
+    try:
+        wait_for(out / "checkpoint-2" / "COMPLETE", live)
+        record = {p.name: p.read_bytes() for p in (out / ".hydra").iterdir()}
+        assert set(record) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+        log = (out / "vicuna_sft.log").read_bytes()
+        r = run_module("vicuna_sft", *BASE, "optimizer.lr=1e-4", f"hydra.run.dir={out}", cwd=tmp_path)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        (line,) = r.stderr.strip().splitlines()
+        assert line == (
+            f"vicuna_sft: error: another run (pid {live.pid}, host {os.uname().nodename}) is using {out}; "
+            "wait for it to end, or give this one another hydra.run.dir"
+        )
+        assert {p.name: p.read_bytes() for p in (out / ".hydra").iterdir()} == record
+        assert b"1e-4" not in record["overrides.yaml"]
+        assert not (out / "vicuna_sft.log").read_bytes()[len(log) :].count(b"1e-4")
+        assert live.poll() is None  # the live run goes on
+    finally:
+        live.kill()
+        live.communicate()
+
+
 def start(cache_dir: str, args: list[str], cwd: pathlib.Path) -> subprocess.Popen:
     env = {**os.environ, "VICUNA_SFT_CACHE": cache_dir, "PYTHONPATH": os.pathsep.join(sys.path)}
     env["PYTHONUNBUFFERED"] = "1"

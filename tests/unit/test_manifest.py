@@ -142,6 +142,38 @@ def test_run_lock_file_is_removed_when_the_run_ends_however_it_ends(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists()
 
 
+def test_a_sweep_into_a_directory_in_use_stops_before_hydra_writes_into_it(tmp_path, capsys):
+    """Issue 19, item 8, for sweeps: the lock of hydra.sweep.dir is taken in on_multirun_start,
+    before Hydra's launcher writes multirun.yaml and the jobs' `.hydra/`; released at the sweep's end."""
+    from omegaconf import OmegaConf
+
+    from vicuna_sft.launch.hydra_callbacks import RankAwareHydra
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as e:
+            RankAwareHydra().on_multirun_start(config)
+        assert e.value.code == 1
+        assert capsys.readouterr().err.startswith(f"vicuna_sft: error: another run (pid {holder.pid}, ")
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / LOCK_FILE).unlink()  # left by the killed holder
+    callback = RankAwareHydra()
+    callback.on_multirun_start(config)
+    assert (tmp_path / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+    with run_lock(str(tmp_path)):  # held by this process already: taken again as a no-op
+        pass
+    assert (tmp_path / LOCK_FILE).is_file()
+    callback.on_multirun_end(config)
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
 CONTEND = """
 import os, sys, time
 from vicuna_sft.launch.run_lock import RunDirectoryBusy, run_lock
