@@ -325,7 +325,7 @@ def batch_features(cfg: Config, tokenizer: Any, n: int) -> list[dict[str, Any]]:
     from .data.encode import Encoder
 
     convs, _, _ = read_splits(cfg.data, cfg.trainer.seed)
-    encoder = Encoder(tokenizer, cfg.data.max_length, cfg.data.long)
+    encoder = Encoder.for_data(cfg.data, tokenizer)
     features: list[dict[str, Any]] = []
     for start in range(0, len(convs), 64):
         for e in encoder.encode_batch(convs[start : start + 64]):

@@ -49,8 +49,25 @@ class Builtin(str, Enum):
 
 
 # OmegaConf matches enum members by *name*; these names are not identifiers, hence the functional API.
-Template = Enum("Template", {"vicuna_v1.1": "vicuna_v1.1"}, type=str)
 OnError = Enum("OnError", {"raise": "raise", "skip": "skip"}, type=str)
+
+
+class Reasoning(str, Enum):
+    """A template that renders earlier turns differently once later ones follow (Qwen3 drops
+    earlier <think> blocks): what a conversation it cannot render prefix-stably becomes."""
+
+    refuse = "refuse"  # an error naming the conversation (or a counted skip under on_error=skip)
+    split = "split"  # one sample per turn, rendered as a server renders it then (more tokens: counted)
+    keep = "keep"  # one sample, each turn as rendered when it was the latest (history != inference)
+
+
+# data.template: these names, or a path to a .jinja file (data/templates.py has the templates)
+TEMPLATE_NAMES = ("vicuna_v1.1", "chatml", "tokenizer")
+
+
+class TrainOn(str, Enum):
+    all = "all"  # every assistant message not marked "train": false
+    last = "last"  # only the last assistant message
 
 
 class LongMode(str, Enum):
@@ -167,7 +184,11 @@ class DataConfig:
     path: Any = MISSING
     eval_path: str | None = None
     eval_fraction: float = 0.0  # held out from `path` with trainer.seed when eval_path is None
-    template: Template = Template["vicuna_v1.1"]
+    # vicuna_v1.1 | chatml | tokenizer (the model's own chat template) | a path to a .jinja file
+    template: str = "vicuna_v1.1"
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
+    train_on: TrainOn = TrainOn.all
+    reasoning: Reasoning = Reasoning.refuse
     max_length: int = 2048
     padding: Padding = Padding.packed  # fastest, same math (docs/benchmarks.md); FastChat: max_length
     lazy: bool = False  # encode on access instead of up front (never cached; not with long=split)

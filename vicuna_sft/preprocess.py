@@ -259,7 +259,7 @@ def preprocess(dcfg: DictConfig) -> dict[str, Any]:
     stats = {
         "model": cfg.model.name_or_path,
         "tokenizer": cfg.model.tokenizer or cfg.model.name_or_path,
-        "template": cfg.data.template.value,
+        "template": cfg.data.template,
         "long": cfg.data.long.value,
         "max_length": cfg.data.max_length,
         **totals(data.stats, files),

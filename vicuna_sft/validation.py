@@ -7,7 +7,16 @@ import os
 
 from omegaconf import DictConfig
 
-from .config import AdapterKind, Config, FsdpStrategy, LongMode, Strategy, TrainerConfig, to_config
+from .config import (
+    TEMPLATE_NAMES,
+    AdapterKind,
+    Config,
+    FsdpStrategy,
+    LongMode,
+    Strategy,
+    TrainerConfig,
+    to_config,
+)
 from .errors import UserError
 from .process import layout
 
@@ -129,6 +138,14 @@ def validate(cfg: Config) -> None:
         ),
     ]
     errors = [msg for ok, msg in checks if not ok] + adapter_errors(cfg)
+    if d.template not in TEMPLATE_NAMES and not (
+        d.template.endswith(".jinja") and os.path.isfile(d.template)
+    ):
+        errors.append(
+            f"data.template: template file {d.template} not found"
+            if d.template.endswith(".jinja")
+            else f"data.template: {d.template!r} is not one of {', '.join(TEMPLATE_NAMES)} or a path to a .jinja file"
+        )
     if d.lazy and d.long == LongMode.split:
         errors.append(
             "data.long=split needs the samples up front (a conversation's piece count is known only once "

@@ -11,15 +11,18 @@ import shutil
 
 import pytest
 import torch
+from vicuna_reference import render
 
 from vicuna_sft.chat import Chat, ChatError, Prompter, Sampling, build_messages, interact, locate, run
-from vicuna_sft.data.conversation import CHAT_TEMPLATE, VICUNA_SYSTEM, Conversation, render
+from vicuna_sft.data.conversation import Conversation
+from vicuna_sft.data.templates import VICUNA_SYSTEM
+from vicuna_sft.data.templates import VICUNA_TEMPLATE as CHAT_TEMPLATE
 
 
 def training_prompt(system: str, history: list[tuple[str, str]], user: str) -> str:
     """The training text (conversation.render) of the finished turns, then the new turn up to
     `ASSISTANT:` (no trailing space: the reply's first token carries it), as FastChat generates."""
-    done = render(Conversation("", system, tuple(history))) if history else system + " "
+    done = render(Conversation.of("", system, tuple(history))) if history else system + " "
     return done + f"USER: {user} ASSISTANT:"
 
 
@@ -71,7 +74,7 @@ def test_prompt_is_the_training_prompt(prompter, system):
 
     ids = prompter.ids(system, HISTORY, USER)
     reply = "Six, since 3 plus 3 is 6."
-    encoded = prompter.encoder.encode(Conversation("c", sys_text, (*HISTORY, (USER, reply))))  # an Encoder
+    encoded = prompter.encoder.encode(Conversation.of("c", sys_text, (*HISTORY, (USER, reply))))  # an Encoder
     assert ids == encoded.input_ids[: len(ids)]
     # what follows in training is the reply (with the space after "ASSISTANT:") and its EOS
     assert tok.decode(encoded.input_ids[len(ids) :]).strip() == reply + tok.eos_token

@@ -126,7 +126,7 @@ def test_default_is_tiny_on_the_sample_with_the_vicuna_recipe(make):
     # the lr is the tiny model's (random weights: conf/model/tiny.yaml), the rest Vicuna's recipe
     assert (o.lr, o.weight_decay, o.warmup_ratio, o.max_grad_norm) == (3e-3, 0.0, 0.03, 1.0)
     assert o.scheduler == C.Scheduler.cosine
-    assert cfg.data.template.value == "vicuna_v1.1"
+    assert cfg.data.template == "vicuna_v1.1"
     assert cfg.fsdp.strategy == C.FsdpStrategy.none
 
 

@@ -79,8 +79,11 @@ def test_bad_jsonl_line_names_the_line(tmp_path):
 
 
 def test_record_without_conversations(tmp_path):
-    path = write_json(tmp_path / "d.json", [GOOD, {"id": "x1", "messages": []}])
-    with pytest.raises(DataError, match=r"d\.json: record 1 \(id='x1'\): missing the 'conversations' field"):
+    path = write_json(tmp_path / "d.json", [GOOD, {"id": "x1", "turns": []}])
+    with pytest.raises(
+        DataError,
+        match=r"d\.json: record 1 \(id='x1'\): missing the 'conversations' \(ShareGPT\) or 'messages' \(OpenAI\) field",
+    ):
         load_conversations(path, skip_errors=False)
 
 
@@ -124,7 +127,7 @@ def test_jsonl_with_raw_unicode_line_separator_inside_a_string(tmp_path, sep):
     path.write_text(json.dumps(GOOD) + "\n" + json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
     assert sep in path.read_text(encoding="utf-8")  # raw, not escaped
     kept, stats = load_conversations(str(path), skip_errors=False)
-    assert [c.turns for c in kept] == [(("Hi", "Hello!"),), ((f"one{sep}two", f"three{sep}four"),)]
+    assert [c.pairs for c in kept] == [(("Hi", "Hello!"),), ((f"one{sep}two", f"three{sep}four"),)]
     assert (stats.read, dict(stats.dropped)) == (2, {})
 
 
@@ -134,7 +137,7 @@ def test_utf8_bom_is_accepted(tmp_path, suffix):
     text = json.dumps([GOOD]) if suffix == ".json" else json.dumps(GOOD) + "\n"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
     kept, _ = load_conversations(str(path), skip_errors=False)
-    assert [(c.id, c.turns) for c in kept] == [("ok", (("Hi", "Hello!"),))]
+    assert [(c.id, c.pairs) for c in kept] == [("ok", (("Hi", "Hello!"),))]
 
 
 def test_not_utf8_names_the_file_and_byte(tmp_path):
@@ -196,7 +199,7 @@ def test_empty_eval_file_says_it_holds_no_records(tmp_path, bpe_tokenizer):
 
 
 BAD_RECORDS = [
-    {"id": "b1", "messages": []},
+    {"id": "b1", "turns": []},
     {"id": "b2", "conversations": convs(("human", "Hi"), ("bot", "Hello"))},
     {"id": "b3", "conversations": convs(("human", "Hi"), ("gpt", None))},
     {"id": "b4", "conversations": convs(("human", "Hi"))},
@@ -272,7 +275,7 @@ def test_cli_unknown_group_key_added_with_plus_is_refused(tmp_path, cli, prefix)
     )
     assert_clean_failure(r, "vicuna_sft: error: unknown config key(s): ")
     (line,) = [x for x in r.stderr.splitlines() if x.startswith("vicuna_sft: error:")]
-    assert "data.tempalte (did you mean data.template?)" in line
+    assert "data.tempalte (did you mean data.template" in line
     assert (
         "trainer.totally_bogus, trainer.torch_compile (trainer has: output_dir, per_device_train_batch_size,"
         in line

@@ -5,7 +5,7 @@ Generated with hypothesis: records nested past any sane depth and past the JSON 
 surrogates ("\\ud800") in values and keys, integers past Python's 4,300-digit limit, megabyte
 strings, records that are not objects, every JSON type in every field. Each ends in a counted skip
 (on_error=skip) or one DataError line naming the file, the record (or JSONL line) and the problem
-(on_error=raise); nothing else escapes. Kept conversations encode, and `clean`'s output is written.
+(on_error=raise); nothing else escapes. Both record formats (ShareGPT, OpenAI `messages`). Kept conversations encode, and `clean`'s output is written.
 The CLI path: tests/integration/test_hostile_cli.py.
 """
 
@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from vicuna_sft.data.__main__ import _write_json
 from vicuna_sft.data.clean import clean_records
 from vicuna_sft.data.records import DataError, load_conversations, read_records
+from vicuna_sft.errors import UserError
 
 SETTINGS = settings(
     max_examples=40,
@@ -80,10 +81,49 @@ message = st.one_of(
     st.fixed_dictionaries({"from": roles, "value": st.one_of(strings, anything)}),
     anything,
 )
+# OpenAI/HF `messages` records: roles, content parts, tool calls (arguments a JSON string, which
+# is parsed again: hostile there too), reasoning and train flags of any type
+json_text = st.one_of(
+    st.builds(lambda v: dump(v), anything), st.sampled_from(["[" * 5000 + "]" * 5000, "9" * 5000, "{"])
+)
+tool_call = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "function": st.fixed_dictionaries(
+                {"name": st.one_of(strings, anything)}, optional={"arguments": st.one_of(json_text, anything)}
+            )
+        }
+    ),
+    anything,
+)
+openai_message = st.one_of(
+    st.fixed_dictionaries(
+        {"role": st.one_of(st.sampled_from(["system", "user", "assistant", "tool", "developer"]), anything)},
+        optional={
+            "content": st.one_of(
+                strings,
+                st.lists(
+                    st.one_of(st.fixed_dictionaries({"type": st.just("text"), "text": strings}), anything),
+                    max_size=2,
+                ),
+                anything,
+            ),
+            "tool_calls": st.one_of(st.lists(tool_call, max_size=2), anything),
+            "reasoning_content": anything,
+            "train": anything,
+            "name": anything,
+        },
+    ),
+    anything,
+)
 record = st.one_of(
     st.fixed_dictionaries(
         {"conversations": st.one_of(st.lists(message, max_size=4), anything)},
         optional={"id": anything, "extra": anything},
+    ),
+    st.fixed_dictionaries(
+        {"messages": st.one_of(st.lists(openai_message, max_size=4), anything)},
+        optional={"id": anything, "tools": anything},
     ),
     anything,  # not an object at all
 )
@@ -109,9 +149,10 @@ def assert_one_line_naming(error: DataError, path: str) -> None:
 
 @pytest.fixture(scope="module")
 def encoder(bpe_tokenizer):
+    from vicuna_sft.config import DataConfig, OnError
     from vicuna_sft.data.encode import Encoder
 
-    return Encoder(bpe_tokenizer, 64)
+    return Encoder.for_data(DataConfig(path="unused", max_length=64, on_error=OnError["skip"]), bpe_tokenizer)
 
 
 @SETTINGS
@@ -128,7 +169,10 @@ def test_training_readers_count_or_name_every_hostile_record(records, jsonl, enc
             assert stats.read == 1 + len(records)
             assert len(convs) + sum(stats.dropped.values()) == stats.read  # nothing silently lost
             assert convs[0].id == "good"
-            encoder.encode_batch(convs[:3])  # what is kept, training can tokenize
+            try:
+                encoder.encode_batch(convs[:3])  # what is kept, training can tokenize
+            except UserError as e:  # or refuses in one line (e.g. tool calls the template lacks)
+                assert "\n" not in str(e) and len(str(e)) < 600, str(e)[:600]
         try:
             load_conversations(path, skip_errors=False)
         except DataError as e:
@@ -160,6 +204,15 @@ def test_clean_counts_every_hostile_record_and_writes_its_output(records, jsonl)
 
 
 # ---- each kind once, with the message a user reads --------------------------------------------
+
+
+def tool_call_of(arguments: str) -> dict:
+    """An assistant message calling a tool with `arguments` (OpenAI sends them as a JSON string)."""
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"function": {"name": "f", "arguments": arguments}}],
+    }
 
 
 def turns(value: str = "hi") -> list:
@@ -200,8 +253,47 @@ def turns(value: str = "hi") -> list:
             "record 1 (id='xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...): 'conversations' must be",
         ),
         ("[" * 100_000 + "]" * 100_000, "invalid_json", "invalid JSON on line 2: nested too deeply to parse"),
+        (
+            dump(
+                {
+                    "id": "m",
+                    "messages": [
+                        {"role": "user", "content": "a \udfff"},
+                        {"role": "assistant", "content": "b"},
+                    ],
+                }
+            ),
+            "lone_surrogate",
+            "record 1 (id='m'): ['messages'][0]['content'] holds a lone surrogate \\udfff at character 2",
+        ),
+        (
+            dump(
+                {
+                    "id": "t",
+                    "messages": [{"role": "user", "content": "a"}, tool_call_of("[" * 5000 + "]" * 5000)],
+                }
+            ),
+            "bad_tool_calls",
+            "record 1 (id='t'): message 1: tool call arguments are not JSON: '[[[[",
+        ),
+        (
+            dump({"id": "t", "messages": [{"role": "user", "content": "a"}, tool_call_of("9" * 5000)]}),
+            "bad_tool_calls",
+            "record 1 (id='t'): message 1: tool call arguments are not JSON: '9999",
+        ),
     ],
-    ids=["surrogate", "surrogate-key", "long-integer", "deep", "list-role", "huge-id", "deeper-than-json"],
+    ids=[
+        "surrogate",
+        "surrogate-key",
+        "long-integer",
+        "deep",
+        "list-role",
+        "huge-id",
+        "deeper-than-json",
+        "messages-surrogate",
+        "tool-arguments-too-deep",
+        "tool-arguments-long-integer",
+    ],
 )
 def test_each_kind_is_counted_or_named(tmp_path, line, reason, message):
     path = tmp_path / "data.jsonl"

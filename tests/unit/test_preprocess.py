@@ -9,6 +9,7 @@ import pathlib
 import re
 
 import pytest
+from vicuna_reference import vicuna_encoder
 
 from vicuna_sft.data.records import to_conversation
 from vicuna_sft.preprocess import ANSI_RESET, ANSI_TRAINED, highlight, trained_spans
@@ -96,7 +97,7 @@ def test_preview_highlights_exactly_the_assistant_replies(sample_run, sample_pat
         text = text.rstrip("\n")  # each sample ends with </s>, then a blank line
         assert f"id={row['id']}" in header
         conv, _ = to_conversation(records[row["id"]], source="sample", index=0)
-        replies = [reply for _, reply in conv.turns]
+        replies = [reply for _, reply in conv.pairs]
         spans = MARKED.findall(text)
         assert len(spans) == len(replies)
         for span, reply in zip(spans, replies):
@@ -148,10 +149,9 @@ def test_truncation_and_skips_are_counted(tmp_path, run_module, sample_path):
 
 def test_highlight_colors_on_a_terminal_and_keeps_sentencepiece_spaces(mistral_tokenizer):
     from vicuna_sft.data.conversation import Conversation
-    from vicuna_sft.data.encode import Encoder
 
-    conv = Conversation("c", "Be brief.", (("Hi there", "Hello, friend!"), ("And you?", "Fine.\n  ok")))
-    enc = Encoder(mistral_tokenizer, 256).encode(conv)
+    conv = Conversation.of("c", "Be brief.", (("Hi there", "Hello, friend!"), ("And you?", "Fine.\n  ok")))
+    enc = vicuna_encoder(mistral_tokenizer, 256).encode(conv)
     plain = highlight(mistral_tokenizer, enc.input_ids, enc.labels, color=False)
     assert MARKED.findall(plain) == [" Hello, friend!\u27e8</s>\u27e9", " Fine.\n  ok\u27e8</s>\u27e9"]
     assert as_decoded(plain) == mistral_tokenizer.decode(enc.input_ids)
@@ -162,12 +162,11 @@ def test_highlight_colors_on_a_terminal_and_keeps_sentencepiece_spaces(mistral_t
 @pytest.mark.parametrize("tokenizer", ["mistral_tokenizer", "bpe_tokenizer"])
 def test_preview_shows_special_tokens_distinctly_and_escapes_control_characters(tokenizer, request):
     from vicuna_sft.data.conversation import Conversation
-    from vicuna_sft.data.encode import Encoder
 
     tok = request.getfixturevalue(tokenizer)
     user = "Type </s> and NUL \x00, ESC \x1b[31mred\r, \u202eevil, \u27e8x\u27e9 a\\x00"
-    conv = Conversation("c", "Be brief.", ((user, "ok </s> done"),))
-    enc = Encoder(tok, 256).encode(conv)
+    conv = Conversation.of("c", "Be brief.", ((user, "ok </s> done"),))
+    enc = vicuna_encoder(tok, 256).encode(conv)
     for color in (False, True):
         shown = highlight(tok, enc.input_ids, enc.labels, color=color)
         if color:
