@@ -70,6 +70,8 @@ def check_values(record: Any, *, source: str, index: int) -> None:
     """Refuse a record (any format) holding what the rest cannot take: nesting deeper than
     MAX_DEPTH, a lone surrogate in a string or key (not Unicode: encoding it fails), an integer
     past Python's digit limit. Iterative: the check itself never recurses."""
+    if not _suspect(record):  # the common case, without building a path for every value
+        return
     rid = record.get("id") if isinstance(record, dict) else None
     stack: list[tuple[Any, str, int]] = [(record, "", 0)]
     while stack:
@@ -110,6 +112,33 @@ def check_values(record: Any, *, source: str, index: int) -> None:
                     stack.append((item, f"{where}[{_short(key, 30)}]", depth + 1))
             else:
                 stack += [(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+
+
+def _suspect(record: Any) -> bool:
+    """Whether `check_values` would find anything: the same tests, level by level, no paths (a
+    ShareGPT record: about as long as `to_conversation` takes; parsed JSON holds exactly dict,
+    list, str and the scalars)."""
+    level, depth = [record], 0
+    while level:
+        deeper: list[Any] = []
+        for value in level:
+            kind = type(value)
+            if kind is str:
+                if _SURROGATE.search(value):
+                    return True
+            elif kind is dict or kind is list:
+                if depth >= MAX_DEPTH:
+                    return True
+                if kind is dict:
+                    if _SURROGATE.search("".join(value)):  # its keys
+                        return True
+                    deeper.extend(value.values())
+                else:
+                    deeper.extend(value)
+            elif kind is LongInteger:
+                return True
+        level, depth = deeper, depth + 1
+    return False
 
 
 def check_data_file(path: str) -> None:
