@@ -281,6 +281,13 @@ def turns(value: str = "hi") -> list:
             "bad_tool_calls",
             "record 1 (id='t'): message 1: tool call arguments are not JSON: '9999",
         ),
+        (
+            dump(
+                {"id": "t", "messages": [{"role": "user", "content": "a"}, tool_call_of('{"a": "\\ud800"}')]}
+            ),
+            "bad_tool_calls",
+            "record 1 (id='t'): message 1: tool call arguments hold a lone surrogate or nest too deep",
+        ),
     ],
     ids=[
         "surrogate",
@@ -293,6 +300,7 @@ def turns(value: str = "hi") -> list:
         "messages-surrogate",
         "tool-arguments-too-deep",
         "tool-arguments-long-integer",
+        "tool-arguments-surrogate",
     ],
 )
 def test_each_kind_is_counted_or_named(tmp_path, line, reason, message):

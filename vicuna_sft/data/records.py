@@ -404,6 +404,11 @@ def _tool_calls(calls: Any, i: int, fail: Any) -> list[dict[str, Any]]:
                 raise fail(
                     "bad_tool_calls", f"message {i}: tool call arguments are not JSON: {args!r:.60}"
                 ) from None
+            if _suspect(args):  # JSON inside a string: what check_values saw only as text
+                raise fail(
+                    "bad_tool_calls",
+                    f"message {i}: tool call arguments hold a lone surrogate or nest too deep",
+                )
         out.append({**call, "type": call.get("type", "function"), "function": {**fn, "arguments": args}})
     return out
 
