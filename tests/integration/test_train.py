@@ -139,6 +139,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, run_module, cache
     a, b = (load_file(d / "final" / "model.safetensors") for d in (straight, crashed))
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(
+        f"kill after checkpoint-20 (latest complete {max(steps)}), resume: max |dw| vs uninterrupted = {diff:.2e}"
+    )
     assert diff <= 1e-6, diff
 
 
