@@ -4,6 +4,9 @@ the reference, 1 naming the quantity past its tolerance, 2 with one line for wha
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -76,3 +79,26 @@ def test_reads_a_source_list_as_training_does(run_module, tmp_path, sample_path)
     )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert json.loads((out / "check.json").read_text())["ok"] is True
+
+
+# a model class without SDPA support (as some architectures are), in the checking process only
+NO_SDPA = "import transformers\ntransformers.LlamaForCausalLM._supports_sdpa = False\n"
+
+
+def test_a_model_without_the_attention_exits_2_in_one_line(cache_dir, tmp_path):
+    """Issue 19, item 10: transformers' ValueError from inside from_pretrained became a traceback."""
+    args = ["attention=sdpa", f"hydra.run.dir={tmp_path / 'c'}"]
+    script = f"import runpy, sys\n{NO_SDPA}sys.argv = ['vicuna_sft.check', *{args!r}]\n"
+    script += "runpy.run_module('vicuna_sft.check', run_name='__main__', alter_sys=True)\n"
+    env = {**os.environ, "VICUNA_SFT_CACHE": cache_dir, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("vicuna_sft.check: error: cannot load the model from "), line
+    assert (
+        "with attn_implementation='sdpa' (from attention=): LlamaForCausalLM does not support an attention"
+        in line
+    )
+    assert line.endswith("; valid: attention=eager, sdpa, flash, xformers (eager runs every model)"), line

@@ -100,6 +100,52 @@ def test_no_intact_checkpoint_left_is_a_clear_error(tmp_path, run_module, refere
     assert f"trainer.resume: {run / 'checkpoint-4'} is damaged (optimizer.pt has" in r.stderr
 
 
+class _Plant:
+    """A planted pickle: loading it with weights_only=False would create the file `target`."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.open, (self.target, os.O_CREAT | os.O_WRONLY))
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_damage_not_a_traceback(tmp_path, run_module, reference):
+    """Issue 19, item 10: torch's weights-only load refuses a planted scheduler.pt / rng_state.pth
+    (nothing runs) but as a raw UnpicklingError from inside the Trainer. Even with its manifest
+    rewritten to match, the checkpoint is damaged: the run falls back; asked for by path (no
+    COMPLETE marker), it is refused in one line."""
+    import pickle
+
+    from vicuna_sft.training import manifest
+    from vicuna_sft.training.checkpoint import COMPLETE, mark_complete
+
+    run = copy_run(reference, tmp_path / "run")
+    ran = tmp_path / "code_ran"
+    newest = run / "checkpoint-8"
+    (newest / "scheduler.pt").write_bytes(pickle.dumps(_Plant(str(ran)), protocol=2))
+    files = manifest.list_files(str(newest), exclude=(COMPLETE,))
+    mark_complete(str(newest), 8, manifest.hash_share(str(newest), files, 0, 1))
+    r = run_module("vicuna_sft", *BASE, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "checkpoint-8 is damaged (scheduler.pt is not plain checkpoint data (" in r.stdout + r.stderr
+    assert json.loads((run / "result.json").read_text())["resumed_from"] == str(run / "checkpoint-6")
+    assert final_weights_equal(run, reference) and not ran.exists()
+
+    copy = tmp_path / "copied"  # a checkpoint copied by hand, without its marker
+    shutil.copytree(reference / "checkpoint-4", copy, ignore=shutil.ignore_patterns(COMPLETE))
+    (copy / "rng_state.pth").write_bytes(pickle.dumps(_Plant(str(ran)), protocol=2))
+    r = run_module(
+        "vicuna_sft", *BASE, f"hydra.run.dir={tmp_path / 'other'}", f"trainer.resume={copy}", cwd=tmp_path
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("vicuna_sft: error:")]
+    assert line.startswith(
+        f"vicuna_sft: error: trainer.resume: {copy} is unsafe to load (rng_state.pth is not plain checkpoint data ("
+    ), line
+    assert "GLOBAL posix.open" in line and not ran.exists()
+
+
 def test_resume_from_a_set_aside_checkpoint_reads_its_step_and_never_prunes_it(
     tmp_path, run_module, reference
 ):
@@ -278,6 +324,32 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path, run_module):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_refused_second_run_leaves_the_live_runs_record_as_it_was(tmp_path, cache_dir, run_module):
+    """Issue 19, item 8: the second run used to be refused only after Hydra had written its own
+    `.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml` over the live run's."""
+    out = tmp_path / "run"
+    live = start(cache_dir, [*BASE, "trainer.max_steps=400", f"hydra.run.dir={out}"], tmp_path)
+    try:
+        wait_for(out / "checkpoint-2" / "COMPLETE", live)
+        record = {p.name: p.read_bytes() for p in (out / ".hydra").iterdir()}
+        assert set(record) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+        log = (out / "vicuna_sft.log").read_bytes()
+        r = run_module("vicuna_sft", *BASE, "optimizer.lr=1e-4", f"hydra.run.dir={out}", cwd=tmp_path)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        (line,) = r.stderr.strip().splitlines()
+        assert line == (
+            f"vicuna_sft: error: another run (pid {live.pid}, host {os.uname().nodename}) is using {out}; "
+            "wait for it to end, or give this one another hydra.run.dir"
+        )
+        assert {p.name: p.read_bytes() for p in (out / ".hydra").iterdir()} == record
+        assert b"1e-4" not in record["overrides.yaml"]
+        assert not (out / "vicuna_sft.log").read_bytes()[len(log) :].count(b"1e-4")
+        assert live.poll() is None  # the live run goes on
+    finally:
+        live.kill()
+        live.communicate()
 
 
 def start(cache_dir: str, args: list[str], cwd: pathlib.Path) -> subprocess.Popen:

@@ -139,6 +139,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, run_module, cache
     a, b = (load_file(d / "final" / "model.safetensors") for d in (straight, crashed))
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(
+        f"kill after checkpoint-20 (latest complete {max(steps)}), resume: max |dw| vs uninterrupted = {diff:.2e}"
+    )
     assert diff <= 1e-6, diff
 
 
@@ -154,6 +157,7 @@ def test_lr_multirun_isolated_jobs_and_summary(tmp_path, run_module):
     assert [row["status"] for row in rows] == ["completed", "completed"]
     assert "optimizer.lr=0.001" in rows[0]["overrides"] and "optimizer.lr=0.003" in rows[1]["overrides"]
     assert (sweep / "summary.csv").read_text().count("\n") == 3
+    assert not (sweep / "run.lock").exists()  # the sweep's lock (issue 19, item 8) ended with it
     for row, job in zip(rows, ("0", "1")):
         assert row["output_dir"] == str(sweep / job)
         assert (sweep / job / "final" / "model.safetensors").is_file()
@@ -327,6 +331,8 @@ def test_a_bad_callback_is_a_clear_error(tmp_path, run_module, node, message):
     r = run_module("vicuna_sft", *overrides(tmp_path / "run", f"trainer.callbacks=[{node}]"), cwd=tmp_path)
     assert r.returncode == 1 and message in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+    # the lock, taken before Hydra wrote .hydra/, is released (its file removed) on the way out
+    assert (tmp_path / "run" / ".hydra").is_dir() and not (tmp_path / "run" / "run.lock").exists()
 
 
 def test_the_default_command_learns_visibly(tmp_path, run_module):

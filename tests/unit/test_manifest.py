@@ -20,7 +20,9 @@ def checkpoint(tmp_path):
     path = tmp_path / "checkpoint-3"
     (path / "shards").mkdir(parents=True)
     (path / "model.safetensors").write_bytes(os.urandom(3000))
-    (path / "optimizer.pt").write_bytes(os.urandom(5000))
+    import torch
+
+    torch.save({"state": {0: {"exp_avg": torch.zeros(300)}}, "param_groups": []}, path / "optimizer.pt")
     (path / "trainer_state.json").write_text('{"global_step": 3}')
     (path / "shards" / "__0_0.distcp").write_bytes(os.urandom(100))
     files = manifest.list_files(str(path))
@@ -35,7 +37,7 @@ def test_intact_checkpoint_has_no_damage_and_the_manifest_lists_every_file(tmp_p
 
     files = json.loads((path / COMPLETE).read_text())["manifest"]["files"]
     assert sorted(files) == ["model.safetensors", "optimizer.pt", "shards/__0_0.distcp", "trainer_state.json"]
-    assert files["optimizer.pt"]["size"] == 5000
+    assert files["optimizer.pt"]["size"] == (path / "optimizer.pt").stat().st_size > 1200
 
 
 def test_shares_of_several_ranks_make_the_same_manifest(tmp_path):
@@ -102,6 +104,30 @@ def test_dcp_metadata_is_checked_without_running_code(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth"])
+def test_a_planted_pickle_in_a_torch_file_is_damage_even_with_a_rewritten_manifest(tmp_path, name):
+    """Issue 19, item 10: such a file is refused by torch's weights-only load (nothing runs), but
+    deep in the Trainer, as a raw UnpicklingError; the check finds it first, so the checkpoint is
+    damaged (the run falls back) even when its manifest was rewritten to match."""
+    import numpy as np
+    import torch
+
+    path = checkpoint(tmp_path)
+    rng = {"python": ("state",), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    torch.save(rng, path / "rng_state.pth")  # what the Trainer writes: numpy's state is allowed
+    torch.save({"last_epoch": 3}, path / "scheduler.pt")
+    torch.save({"lr": 1.0}, path / "training_args.bin")  # never loaded at resume: never checked
+    assert manifest.check_torch_files(str(path)) == []
+    marker = tmp_path / "code_ran"
+    (path / name).write_bytes(pickle.dumps(_Plant(str(marker)), protocol=2))
+    files = manifest.list_files(str(path), exclude=(COMPLETE,))
+    mark_complete(str(path), 3, manifest.hash_share(str(path), files, 0, 1))  # the manifest agrees
+    (found,) = damage(str(path))
+    assert found.startswith(f"{name} is not plain checkpoint data (") and "GLOBAL posix.open" in found, found
+    assert "\n" not in found and len(found) < 300
+    assert not marker.exists()
+
+
 HOLD = "from vicuna_sft.launch.run_lock import run_lock\nimport sys, time\nwith run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)"
 
 
@@ -139,6 +165,38 @@ def test_run_lock_file_is_removed_when_the_run_ends_however_it_ends(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists()
     with pytest.raises(RuntimeError, match="boom"), run_lock(str(tmp_path)):
         raise RuntimeError("boom")
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_sweep_into_a_directory_in_use_stops_before_hydra_writes_into_it(tmp_path, capsys):
+    """Issue 19, item 8, for sweeps: the lock of hydra.sweep.dir is taken in on_multirun_start,
+    before Hydra's launcher writes multirun.yaml and the jobs' `.hydra/`; released at the sweep's end."""
+    from omegaconf import OmegaConf
+
+    from vicuna_sft.launch.hydra_callbacks import RankAwareHydra
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as e:
+            RankAwareHydra().on_multirun_start(config)
+        assert e.value.code == 1
+        assert capsys.readouterr().err.startswith(f"vicuna_sft: error: another run (pid {holder.pid}, ")
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / LOCK_FILE).unlink()  # left by the killed holder
+    callback = RankAwareHydra()
+    callback.on_multirun_start(config)
+    assert (tmp_path / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+    with run_lock(str(tmp_path)):  # held by this process already: taken again as a no-op
+        pass
+    assert (tmp_path / LOCK_FILE).is_file()
+    callback.on_multirun_end(config)
     assert not (tmp_path / LOCK_FILE).exists()
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from markdownify import MarkdownConverter
 
-from .records import ASSISTANT_ROLES, RecordError, to_conversation
+from .records import ASSISTANT_ROLES, RecordError, check_values, to_conversation
 
 HTML_TAG = re.compile(
     r"<(div|p|pre|code|ol|ul|li|span|table|br|h[1-6]|strong|em|b|i|a|blockquote|hr)\b[^>]*>", re.I
@@ -119,13 +119,27 @@ def clean_records(
         if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
             stats.dropped["wrong_format"] += 1
             continue
+        try:
+            check_values(record, source=source, index=index)  # what OUT could not be written with
+        except RecordError as e:
+            stats.dropped[e.reason] += 1
+            continue
         messages = []
-        for m in record["conversations"]:
-            if isinstance(m, dict) and isinstance(m.get("value"), str):
-                html = m.get("from") in ASSISTANT_ROLES and bool(HTML_TAG.search(m["value"]))
-                stats.converted_html += html
-                m = {**m, "value": to_markdown(m["value"], html)}
-            messages.append(m)
+        try:
+            for m in record["conversations"]:
+                if isinstance(m, dict) and isinstance(m.get("value"), str):
+                    role = m.get("from")
+                    html = (
+                        isinstance(role, str)
+                        and role in ASSISTANT_ROLES
+                        and bool(HTML_TAG.search(m["value"]))
+                    )
+                    m = {**m, "value": to_markdown(m["value"], html)}
+                    stats.converted_html += html
+                messages.append(m)
+        except RecursionError:  # HTML nested thousands of tags deep: the converter recurses per tag
+            stats.dropped["html_too_deep"] += 1
+            continue
         cleaned = {**record, "conversations": messages}
         try:
             to_conversation(cleaned, source=source, index=index)

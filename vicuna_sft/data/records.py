@@ -6,8 +6,12 @@ Every problem names the file, the record index (and id) and what is wrong. Under
 without being counted.
 """
 
+import errno
 import json
 import os
+import re
+import stat
+import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,8 +33,166 @@ class DataError(UserError, ValueError):
 class RecordError(DataError):
     def __init__(self, source: str, index: int, record_id: Any, reason: str, detail: str):
         self.reason = reason  # short key used for counting skips, e.g. "unknown_role"
-        where = f"record {index}" + (f" (id={record_id!r})" if record_id is not None else "")
+        where = f"record {index}" + (f" (id={_short(record_id)})" if record_id is not None else "")
         super().__init__(f"{source}: {where}: {detail}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr on one line, cut: an id may be a megabyte string or a whole object."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- what JSON can hold that Python cannot take further -----------------------------------------
+
+MAX_DEPTH = 100  # nesting levels of one record (a ShareGPT record has 4; JSON writers recurse per level)
+_SURROGATE = re.compile("[\ud800-\udfff]")  # "\ud800" in JSON: a str Python cannot encode
+
+
+class LongInteger:
+    """An integer of more digits than Python converts (sys.get_int_max_str_digits): kept as its
+    digit count, so that the record holding it is reported (`check_values`), not the whole file."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> int | LongInteger:
+    limit = sys.get_int_max_str_digits()
+    digits = len(text.lstrip("-"))
+    return LongInteger(digits) if limit and digits > limit else int(text)
+
+
+def check_values(record: Any, *, source: str, index: int) -> None:
+    """Refuse a record (any format) holding what the rest cannot take: nesting deeper than
+    MAX_DEPTH, a lone surrogate in a string or key (not Unicode: encoding it fails), an integer
+    past Python's digit limit. Iterative: the check itself never recurses."""
+    if not _suspect(record):  # the common case, without building a path for every value
+        return
+    rid = record.get("id") if isinstance(record, dict) else None
+    stack: list[tuple[Any, str, int]] = [(record, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        at = where or "the record"
+        if isinstance(value, str):
+            if m := _SURROGATE.search(value):
+                raise RecordError(
+                    source,
+                    index,
+                    rid,
+                    "lone_surrogate",
+                    f"{at} holds a lone surrogate \\u{ord(m.group()):04x} at character {m.start()} "
+                    "(not valid Unicode text)",
+                )
+        elif isinstance(value, LongInteger):
+            raise RecordError(
+                source,
+                index,
+                rid,
+                "number_too_long",
+                f"{at} is an integer of {value.digits} digits (Python reads at most "
+                f"{sys.get_int_max_str_digits()})",
+            )
+        elif isinstance(value, list | dict):
+            if depth >= MAX_DEPTH:
+                raise RecordError(source, index, rid, "too_deep", f"nested deeper than {MAX_DEPTH} levels")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if _SURROGATE.search(key):
+                        raise RecordError(
+                            source,
+                            index,
+                            rid,
+                            "lone_surrogate",
+                            f"a key in {at} holds a lone surrogate (not valid Unicode text)",
+                        )
+                    stack.append((item, f"{where}[{_short(key, 30)}]", depth + 1))
+            else:
+                stack += [(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+
+
+def _suspect(record: Any) -> bool:
+    """Whether `check_values` would find anything: the same tests, level by level, no paths (a
+    ShareGPT record: about as long as `to_conversation` takes; parsed JSON holds exactly dict,
+    list, str and the scalars)."""
+    level, depth = [record], 0
+    while level:
+        deeper: list[Any] = []
+        for value in level:
+            kind = type(value)
+            if kind is str:
+                if _SURROGATE.search(value):
+                    return True
+            elif kind is dict or kind is list:
+                if depth >= MAX_DEPTH:
+                    return True
+                if kind is dict:
+                    if _SURROGATE.search("".join(value)):  # its keys
+                        return True
+                    deeper.extend(value.values())
+                else:
+                    deeper.extend(value)
+            elif kind is LongInteger:
+                return True
+        level, depth = deeper, depth + 1
+    return False
+
+
+def check_data_file(path: str) -> None:
+    """A data path is a regular file (through symlinks), or a one-line error saying what it is."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise DataError(f"{path}: a symlink to {os.readlink(path)}, which does not exist") from None
+        raise DataError(f"{path}: data file not found") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"{path}: a symlink loop (it never reaches a file)") from None
+        raise DataError(f"{path}: cannot read the data file: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{path}: is a directory, not a data file (give a .json or .jsonl file)")
+    if not stat.S_ISREG(st.st_mode):
+        kind = (
+            "a FIFO (named pipe)"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "a device"
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "not a regular file"
+        )
+        raise DataError(
+            f"{path}: is {kind}, not a data file: data is read twice (hashed, then parsed), "
+            "give a regular .json or .jsonl file"
+        )
+
+
+def _too_deep_record(path: str, text: str) -> DataError:
+    """The JSON array's element that nests too deeply for the parser, found element by element."""
+    decoder = json.JSONDecoder(parse_int=_parse_int)
+    space = re.compile(r"[ \t\n\r]*")
+    i, index = space.match(text).end() + 1, 0  # after the "["
+    while True:
+        i = space.match(text, i).end()
+        line = text.count("\n", 0, i) + 1
+        try:
+            _, i = decoder.raw_decode(text, i)
+        except RecursionError:
+            return DataError(
+                f"{path}: record {index} (line {line}): nested too deeply to parse; a JSON array "
+                "is read whole: fix or remove the record (in a .jsonl file it could be skipped)"
+            )
+        except json.JSONDecodeError:
+            break
+        i = space.match(text, i).end()
+        if not text.startswith(",", i):
+            break
+        i, index = i + 1, index + 1
+    return DataError(f"{path}: nested too deeply to parse")
 
 
 @dataclass
@@ -56,11 +218,9 @@ def read_records(path: str, *, skip_errors: bool = False) -> tuple[list[Any], in
 
     Returns the records and the number of malformed JSONL lines skipped (only when `skip_errors`;
     a broken JSON array is never skipped: nothing after the error could be trusted).
+    An integer past Python's digit limit is read as a `LongInteger` (see `check_values`).
     """
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, not a data file (give a .json or .jsonl file)")
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: data file not found")
+    check_data_file(path)
     # utf-8-sig: a BOM written by some editors/exporters is not part of the JSON
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -75,18 +235,23 @@ def read_records(path: str, *, skip_errors: bool = False) -> tuple[list[Any], in
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
+                records.append(json.loads(line, parse_int=_parse_int))
+            except (json.JSONDecodeError, RecursionError) as e:
                 if not skip_errors:
-                    raise DataError(
-                        f"{path}: invalid JSON on line {lineno} column {e.colno}: {e.msg}"
-                    ) from None
+                    problem = (
+                        f" column {e.colno}: {e.msg}"
+                        if isinstance(e, json.JSONDecodeError)
+                        else ": nested too deeply to parse"
+                    )
+                    raise DataError(f"{path}: invalid JSON on line {lineno}{problem}") from None
                 invalid += 1
         return records, invalid
     try:
-        records = json.loads(text)
+        records = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise _too_deep_record(path, text) from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON array of records, got {type(records).__name__}")
     return records, 0
@@ -144,12 +309,14 @@ def _sharegpt_messages(messages: Any, fail: Any) -> tuple[list[Message], list[st
         if not isinstance(m, dict) or "from" not in m or "value" not in m:
             raise fail("bad_message", f"message {i} must be an object with 'from' and 'value'")
         role, value = m["from"], m["value"]
+        if not isinstance(role, str):  # a list or object is no role (and not hashable)
+            raise fail("bad_role", f"message {i}: 'from' must be a string, got {type(role).__name__}")
         if not isinstance(value, str):
             raise fail(
                 "non_string_value", f"message {i}: 'value' must be a string, got {type(value).__name__}"
             )
         if not value.strip():
-            raise fail("empty_message", f"message {i} ({role!r}) is empty")
+            raise fail("empty_message", f"message {i} ({role!r:.60}) is empty")
         if role in USER_ROLES:
             roles.append("user")
         elif role in ASSISTANT_ROLES:
@@ -160,7 +327,7 @@ def _sharegpt_messages(messages: Any, fail: Any) -> tuple[list[Message], list[st
             raise fail("misplaced_system", f"message {i}: a system message is only allowed first")
         else:
             known = sorted(USER_ROLES | ASSISTANT_ROLES | SYSTEM_ROLES)
-            raise fail("unknown_role", f"message {i}: unknown role {role!r} (expected one of {known})")
+            raise fail("unknown_role", f"message {i}: unknown role {role!r:.60} (expected one of {known})")
         texts.append(value)
     fixes, head = [], []
     if roles and roles[0] == "system":
@@ -227,10 +394,15 @@ def _tool_calls(calls: Any, i: int, fail: Any) -> list[dict[str, Any]]:
         if isinstance(args, str):
             try:
                 args = json.loads(args) if args.strip() else {}
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, nested past the parser, digits past int's
                 raise fail(
                     "bad_tool_calls", f"message {i}: tool call arguments are not JSON: {args!r:.60}"
                 ) from None
+            if _suspect(args):  # JSON inside a string: what check_values saw only as text
+                raise fail(
+                    "bad_tool_calls",
+                    f"message {i}: tool call arguments hold a lone surrogate or nest too deep",
+                )
         out.append({**call, "type": call.get("type", "function"), "function": {**fn, "arguments": args}})
     return out
 
@@ -248,7 +420,7 @@ def _openai_messages(messages: Any, fail: Any) -> list[Message]:
         if role is None:
             raise fail(
                 "unknown_role",
-                f"message {i}: unknown role {m['role']!r} (expected one of {sorted(OPENAI_ROLES)})",
+                f"message {i}: unknown role {m['role']!r:.60} (expected one of {sorted(OPENAI_ROLES)})",
             )
         content = "" if m.get("content") is None else _text(m["content"], i, fail)
         extra: dict[str, Any] = {}
@@ -291,6 +463,7 @@ def load_conversations(
     for index, record in enumerate(records):
         stats.read += 1
         try:
+            check_values(record, source=path, index=index)  # any format: before its own checks
             conv, fixes = to_conversation(record, source=path, index=index, system=system, train_on=train_on)
         except RecordError as e:
             if not skip_errors:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from ..config import DataConfig, SourceConfig, cache_root
 from ..files import hash_file, replacing
-from .records import DataError
+from .records import DataError, check_data_file
 
 T = TypeVar("T")
 
@@ -70,8 +70,7 @@ _SETTLED_S = 2.0
 
 def file_digest(path: str) -> str:
     """xxh3-128 of the file's bytes (memoized while its inode, size and times are unchanged)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: data file not found")
+    check_data_file(path)  # a FIFO would block the hash, a directory or a symlink loop fail it
     st = os.stat(path)
     real = os.path.realpath(path)
     if time.time() - max(st.st_mtime, st.st_ctime) < _SETTLED_S:

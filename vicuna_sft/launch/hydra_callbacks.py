@@ -10,10 +10,17 @@ from ..errors import UserError
 from ..process import check_writable_dir, is_worker, rank, world_size
 from .agreement import exchange
 from .entry import LaunchError
+from .run_lock import RunDirectoryBusy, hold, release
 
 
 class RankAwareHydra(Callback):
-    """Under torchrun every rank runs Hydra: one run directory (rank 0's), one `.hydra/`."""
+    """Under torchrun every rank runs Hydra: one run directory (rank 0's), one `.hydra/`.
+
+    It also takes the run directory's lock (launch/run_lock.py) for the process that decides for
+    the run: Hydra calls on_run_start before run_job writes `.hydra/` (config.yaml, hydra.yaml,
+    overrides.yaml) and the log file, so a second run refused here has written nothing into the
+    directory of the live one. A sweep's directory is locked the same way in on_multirun_start.
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         node = OmegaConf.select(config, "distributed.node_rank", default=0)
@@ -21,6 +28,8 @@ class RankAwareHydra(Callback):
             self._quiet(config, str(config.hydra.run.dir), f"node{node}")
         if world_size() < 2:
             _writable_or_exit(config, "run")
+            if not node:
+                _lock_or_exit(config, "run")
             return
         # rank 0 resolves the run dir (a `${now:}` in it included) once; the others take its value
         run_dir = exchange("run_dir", str(config.hydra.run.dir) if rank() == 0 else "")[0]
@@ -28,8 +37,12 @@ class RankAwareHydra(Callback):
             config.hydra.run.dir = run_dir
         if rank() == 0:
             _writable_or_exit(config, "run")
+            _lock_or_exit(config, "run")
         if rank() > 0:
             self._quiet(config, run_dir, f"rank{rank()}")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release(str(config.hydra.run.dir))  # a no-op where this process took no lock
 
     @staticmethod
     def _quiet(config: DictConfig, run_dir: str, who: str) -> None:
@@ -49,6 +62,10 @@ class RankAwareHydra(Callback):
                 "`python -m vicuna_sft -m distributed.nproc_per_node=N ...` instead (one launch per job)"
             )
         _writable_or_exit(config, "sweep")
+        _lock_or_exit(config, "sweep")  # two sweeps into one hydra.sweep.dir would mix their jobs
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release(str(config.hydra.sweep.dir))
 
 
 def _writable_or_exit(config: DictConfig, mode: str) -> None:
@@ -61,5 +78,15 @@ def _writable_or_exit(config: DictConfig, mode: str) -> None:
     try:
         check_writable_dir(path)
     except UserError as e:
+        print(f"vicuna_sft: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _lock_or_exit(config: DictConfig, mode: str) -> None:
+    """Hold the run (or sweep) directory's lock from here, before Hydra writes into it, to the end
+    of the run (on_run_end, or this process's exit); a directory in use stops with one line."""
+    try:
+        hold(str(config.hydra[mode].dir))
+    except RunDirectoryBusy as e:
         print(f"vicuna_sft: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

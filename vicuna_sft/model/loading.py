@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from .. import attention
-from ..config import AdapterKind, Builtin, Config, ModelConfig, builtin_path
+from ..config import AdapterKind, AttentionImpl, Builtin, Config, ModelConfig, builtin_path
 from ..errors import UserError
 from ..plan import RunPlan, make_plan, torch_dtype
 from . import adapters
@@ -47,6 +47,17 @@ def _wrap_hub_errors(what: str, path: str, fn: Any, **kwargs: Any) -> Any:
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"cannot load the {what} from {path!r}: {first}") from e
+    except ValueError as e:
+        # transformers refuses an attn_implementation the architecture lacks (no SDPA, no flash)
+        # with a ValueError from inside from_pretrained: bad config, said in one line
+        impl = kwargs.get("attn_implementation")
+        if impl is None or ("attention" not in str(e).lower() and "attn" not in str(e).lower()):
+            raise
+        first = str(e).strip().split(". ")[0].splitlines()[0].rstrip(".")
+        raise ModelLoadError(
+            f"cannot load the {what} from {path!r} with attn_implementation={impl!r} (from attention=): "
+            f"{first}; valid: attention={', '.join(a.value for a in AttentionImpl)} (eager runs every model)"
+        ) from None
 
 
 # what a saved tokenizer consists of: a directory with none of these holds none (transformers

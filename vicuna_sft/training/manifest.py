@@ -17,6 +17,8 @@ hashes the largest file. Before resuming, rank 0 reads the checkpoint once (~1 m
 
 import os
 import pickle
+import warnings
+import zipfile
 from typing import Any
 
 from ..files import HASH, hash_file
@@ -143,3 +145,53 @@ def _check_byte_items(directory: str, metadata: Any, rel: str) -> list[str]:
         except Exception as e:
             found.append(f"{where}: value {index.fqn!r} is not plain data ({str(e).splitlines()[0]})")
     return found
+
+
+# ---- torch.save files (optimizer.pt, scheduler.pt, rng_state.pth, *.bin): loaded as the Trainer will
+
+TORCH_FILES = (".pt", ".pth", ".bin")
+# written beside the states but never loaded at resume (a pickled TrainingArguments, which only a
+# weights_only=False load reads): a record of the run, not something resuming trusts
+NOT_LOADED = {"training_args.bin"}
+
+
+def check_torch_files(root: str) -> list[str]:
+    """Load every `torch.save` file of a checkpoint as transformers and accelerate will at resume
+    (`weights_only=True`, transformers' numpy allow-list for the RNG state), memory-mapped so that
+    no tensor data is read: a file holding anything else (a planted pickle) is reported before the
+    run loads it. Nothing in it runs either way; this turns torch's UnpicklingError deep in the
+    Trainer into a damaged checkpoint (set aside, the run falls back) or a refused trainer.resume."""
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    found = []
+    for rel in list_files(root):
+        if not rel.endswith(TORCH_FILES) or os.path.basename(rel) in NOT_LOADED:
+            continue
+        path = os.path.join(root, rel)
+        try:
+            # torch warns about the pickle protocol of a planted file: the refusal says enough
+            with safe_globals(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # mmap needs torch's zip format (every torch.save since 1.6); a bare pickle is read whole
+                torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except Exception as e:
+            found.append(f"{rel} is not plain checkpoint data ({_why(e)})")
+    return found
+
+
+def _why(error: Exception) -> str:
+    """torch's weights-only refusal is a paragraph: its informative line is the one that is not
+    boilerplate (e.g. "Trying to load unsupported GLOBAL posix.system whose module posix is blocked")."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    boilerplate = ("Weights only load failed", "Check the documentation")
+    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith(boilerplate)]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def unsafe(root: str) -> list[str]:
+    """What in a checkpoint would not load as plain data (empty: all of it would)."""
+    return check_dcp_metadata(root) + check_torch_files(root)
