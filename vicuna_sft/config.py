@@ -131,8 +131,20 @@ class LossKind(str, Enum):
 
 
 class Optim(str, Enum):
-    adamw_torch = "adamw_torch"
+    """transformers' `optim` names (TrainingArguments.optim), one YAML per choice in conf/optimizer/.
+    What each needs to run (a package, CUDA): training/optimizers.py REQUIREMENTS, checked at preflight."""
+
+    adamw_torch = "adamw_torch"  # fp32 first and second moments: 8 bytes of state per trained parameter
     adamw_torch_fused = "adamw_torch_fused"
+    # bitsandbytes: both moments block-wise quantized to 8 bits (~2 B/param); tensors under
+    # 4096 elements and the embeddings keep 32-bit state (bitsandbytes' min_8bit_size, transformers)
+    adamw_8bit = "adamw_8bit"
+    # as adamw_8bit, its state in CUDA unified memory that pages out to CPU memory under pressure
+    paged_adamw_8bit = "paged_adamw_8bit"
+    paged_adamw_32bit = "paged_adamw_32bit"
+    # factored second moment (a row and a column vector per matrix), no first moment: ~0 B/param
+    adafactor = "adafactor"
+    lion_8bit = "lion_8bit"  # sign of an interpolated momentum: one 8-bit moment (~1 B/param)
 
 
 @dataclass

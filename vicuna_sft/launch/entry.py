@@ -98,11 +98,13 @@ def run_worker(cfg: Config) -> dict[str, Any]:
 def preflight(cfg: Config) -> None:
     """Refuse what cannot run here before workers start, data is encoded or weights load."""
     from ..model.loading import check_adapter, check_attention, check_loss
+    from ..training import optimizers
     from ..training.arguments import check_fsdp
 
     check_attention(cfg)
     check_loss(cfg)
     check_adapter(cfg)
+    optimizers.check(cfg)
     check_fsdp(cfg)
     check_writable_dir(cfg.trainer.output_dir)
 
