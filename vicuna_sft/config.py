@@ -94,6 +94,19 @@ class LoraBias(str, Enum):
     lora_only = "lora_only"
 
 
+class LoraInit(str, Enum):
+    """How LoRA's matrices start (PEFT's `init_lora_weights`); each is deterministic given the seed
+    and the base weights, so a saved adapter reloads onto the original base exactly."""
+
+    default = "default"  # A Kaiming-uniform, B zero: the adapter starts as a no-op (PEFT's True)
+    gaussian = "gaussian"  # A Gaussian scaled by the rank, B zero
+    # A, B from the base weight's top singular vectors, the base replaced by the residual
+    # (Meng et al. 2024); PEFT recomputes the residual when the adapter is loaded
+    pissa = "pissa"
+    olora = "olora"  # A, B from a QR decomposition of the base weight, the base replaced likewise
+    orthogonal = "orthogonal"  # A and B orthogonal, scaled so that B A = 0
+
+
 class QuantType(str, Enum):
     nf4 = "nf4"  # 4-bit NormalFloat (QLoRA paper)
     fp4 = "fp4"
@@ -271,6 +284,12 @@ class AdapterConfig:
     bias: LoraBias = LoraBias.none
     modules_to_save: list[str] = field(default_factory=list)  # trained in full and saved with the adapter
     merge: bool = True  # also write final/: the adapter merged into the base, in model.save_dtype
+    # DoRA (Liu et al. 2024): each adapted weight split into a trained magnitude and a LoRA-updated direction
+    use_dora: bool = False
+    use_rslora: bool = False  # rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r
+    init: LoraInit = LoraInit.default
+    # LoRA+ (Hayou et al. 2024): the B matrices learn at optimizer.lr x lr_ratio (e.g. 16); None: the same lr
+    lr_ratio: float | None = None
     # qlora: the frozen base quantized to 4 bits at load time
     quant_type: QuantType = QuantType.nf4
     double_quant: bool = True

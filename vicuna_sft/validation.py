@@ -7,7 +7,16 @@ import os
 
 from omegaconf import DictConfig
 
-from .config import AdapterKind, Config, FsdpStrategy, LongMode, Strategy, TrainerConfig, to_config
+from .config import (
+    AdapterKind,
+    Config,
+    FsdpStrategy,
+    LoraInit,
+    LongMode,
+    Strategy,
+    TrainerConfig,
+    to_config,
+)
 from .errors import UserError
 from .process import layout
 
@@ -212,6 +221,11 @@ SHARDING = (
 def adapter_errors(cfg: Config) -> list[str]:
     a = cfg.adapter
     if a.kind == AdapterKind.none:
+        # the one adapter field that would otherwise change nothing silently (the others describe the adapter)
+        if a.lr_ratio is not None:
+            return [
+                "adapter.lr_ratio (LoRA+) sets the lr of LoRA's B matrices: it needs adapter=lora or qlora"
+            ]
         return []
     checks = [
         (a.r >= 1, f"adapter.r must be >= 1, got {a.r}"),
@@ -224,6 +238,16 @@ def adapter_errors(cfg: Config) -> list[str]:
         (
             "all-linear" not in a.target_modules or len(a.target_modules) == 1,
             f"adapter.target_modules: all-linear stands alone, got {list(a.target_modules)}",
+        ),
+        (
+            a.lr_ratio is None or 0 < a.lr_ratio < math.inf,
+            f"adapter.lr_ratio must be > 0 and finite (LoRA+: typically 2-16), got {a.lr_ratio}",
+        ),
+        (
+            a.kind != AdapterKind.qlora or a.init not in (LoraInit.pissa, LoraInit.olora),
+            f"adapter.init={a.init.value} replaces the base weights by their residual, which a 4-bit base "
+            "would hold requantized: final/ (merged into the unquantized base) would not be the trained "
+            "model; use adapter=lora, or adapter.init=default|gaussian|orthogonal with qlora",
         ),
         (
             a.kind != AdapterKind.qlora or cfg.fsdp.strategy not in SHARDING,

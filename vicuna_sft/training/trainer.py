@@ -12,6 +12,7 @@ from transformers.integrations.integration_utils import default_logdir
 
 from ..compat import accelerate as accelerate_compat
 from ..compat.transformers import CheckpointWriteHook
+from ..model.adapters import loraplus_optimizer
 from . import checkpoint
 from .throughput import EtaProgress, Throughput
 
@@ -39,6 +40,13 @@ class Trainer(CheckpointWriteHook, _HFTrainer):
 
     def on_checkpoint_write_failure(self, path: str, error: BaseException) -> BaseException:
         return checkpoint.write_failure(self.args.output_dir, path, error)  # the partial one set aside
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        # the one optimizer hook: a LoRA+ model instance (adapter.lr_ratio) brings its parameter
+        # groups; anything else gets transformers' optimizer from TrainingArguments.optim
+        if self.optimizer is None:
+            self.optimizer = loraplus_optimizer(self, self.model if model is None else model)
+        return super().create_optimizer(model)
 
     def create_accelerator_and_postprocess(self) -> None:
         parallelism = accelerate_compat.defer_parallelism(self)
