@@ -102,9 +102,9 @@ def test_lora_variants_map_to_peft_and_their_misuses_are_refused(make):
     assert "adapter.lr_ratio (LoRA+) sets the lr of LoRA's B matrices: it needs adapter=lora or qlora" in str(
         e.value
     )
-    with pytest.raises(ConfigError, match="adapter.lr_ratio must be > 0"):
+    with pytest.raises(ConfigError, match=r"adapter\.lr_ratio must be > 0"):
         validate(make("adapter=lora", "adapter.lr_ratio=0"))
-    with pytest.raises(ConfigError, match="adapter.init=olora replaces the base weights by their residual"):
+    with pytest.raises(ConfigError, match=r"adapter\.init=olora replaces the base weights by their residual"):
         validate(make("adapter=qlora", "adapter.init=olora"))
     validate(make("adapter=qlora", "adapter.init=gaussian", "adapter.use_dora=true", "adapter.lr_ratio=16"))
 
