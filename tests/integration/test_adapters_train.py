@@ -242,7 +242,7 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_the_unquantized_one(tmp_pat
     assert len(four_bit) == 7 * base.config.num_hidden_layers
     for name, p in model.named_parameters():
         if isinstance(p, bnb.nn.Params4bit):
-            assert not p.requires_grad and p.dtype == torch.uint8, name
+            assert not p.requires_grad and p.dtype == torch.float32, name
             assert p.quant_state.quant_type == "nf4", name
     from vicuna_sft.training.final import save_final
 

@@ -127,13 +127,25 @@ def test_qlora_on_a_device_bitsandbytes_cannot_quantize_on(make, monkeypatch):
         adapters.check(make("adapter=qlora", "trainer.use_cpu=true"), cuda_available=True)
 
 
-@pytest.mark.parametrize("strategy", ["full_shard", "shard_grad_op", "hybrid_shard", "full_shard_offload"])
-def test_qlora_with_a_sharding_strategy_is_refused(make, strategy):
+@pytest.mark.parametrize("strategy", ["hybrid_shard", "full_shard_offload"])
+def test_qlora_with_an_untested_sharding_strategy_is_refused(make, strategy):
     extra = ["distributed.nnodes=2", "distributed.nproc_per_node=2"] if strategy == "hybrid_shard" else []
     with pytest.raises(ConfigError, match=f"adapter=qlora with fsdp={strategy} is not supported"):
         validate(make("adapter=qlora", f"fsdp={strategy}", *extra))
-    validate(make("adapter=qlora", "fsdp=ddp"))
     validate(make("adapter=lora", f"fsdp={strategy}", *extra))
+
+
+@pytest.mark.parametrize("strategy", ["full_shard", "shard_grad_op", "ddp"])
+def test_qlora_shards_with_full_shard_and_shard_grad_op_in_a_float_storage(make, strategy):
+    """FSDP-QLoRA: the packed 4-bit weights are stored in the compute dtype, a float tensor FSDP2
+    shards like any parameter (accelerate leaves uint8 ones unsharded)."""
+    import torch
+
+    validate(make("adapter=qlora", f"fsdp={strategy}"))
+    q = adapters.load_kwargs(make("adapter=qlora", f"fsdp={strategy}", "trainer.use_cpu=true"))
+    assert q["quantization_config"].bnb_4bit_quant_storage == torch.float32
+    bf16 = adapters.load_kwargs(make("adapter=qlora", "trainer.use_cpu=true", "trainer.precision=bf16"))
+    assert bf16["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
 
 
 def test_unknown_target_modules_fail_before_any_weight_loads(make, tiny_dir, monkeypatch):

@@ -137,6 +137,10 @@ def load_kwargs(cfg: Config) -> dict[str, Any]:
             bnb_4bit_quant_type=a.quant_type.value,
             bnb_4bit_use_double_quant=a.double_quant,
             bnb_4bit_compute_dtype=getattr(torch, compute_dtype(cfg).value),
+            # the packed 4-bit weights stored as a float tensor (of the compute dtype) instead of
+            # uint8: FSDP2 shards every parameter of a group alike and accelerate's FSDP-QLoRA
+            # path expects a float storage dtype (fsdp_utils); nothing changes without FSDP
+            bnb_4bit_quant_storage=getattr(torch, compute_dtype(cfg).value),
         ),
         "device_map": {"": device},
     }
