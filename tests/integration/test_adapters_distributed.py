@@ -159,7 +159,12 @@ def qlora_runs(tmp_path_factory, tiny_dir):
     import sys
 
     root = tmp_path_factory.mktemp("qlora_dist")
-    env = {**os.environ, "VICUNA_SFT_CACHE": str(tiny_dir.parent), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "VICUNA_SFT_CACHE": str(tiny_dir.parent),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         env.pop(k, None)
