@@ -53,3 +53,19 @@ def test_state_per_trained_parameter_is_what_each_optimizer_keeps(runs):
     assert per["adamw_8bit"] < 0.5 * per["adamw"], per
     assert per["lion_8bit"] < per["adamw_8bit"], per  # one moment instead of two
     assert per["adafactor"] < 0.2, per  # factored: a row and a column per matrix
+
+
+def test_a_released_run_leaves_no_bitsandbytes_override_for_the_next(runs):
+    """transformers registers the embeddings of an 8-bit run with bitsandbytes' process-wide
+    manager; release (as between the jobs of a sweep) forgets them, or the next run's optimizer
+    would keep some tensor's state in 32 bits (seen: 8.0 bytes per parameter instead of 2)."""
+    import bitsandbytes as bnb
+    import torch
+
+    manager = bnb.optim.GlobalOptimManager.get_instance()
+    assert manager.module_weight_config_triple == [] and manager.index2config == {}
+    p = torch.nn.Parameter(torch.randn(64, 256))
+    opt = bnb.optim.AdamW8bit([p], lr=1e-3)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    assert opt.state[p]["state1"].dtype == torch.uint8

@@ -65,6 +65,17 @@ def check(cfg: Config, cuda_available: bool | None = None) -> None:
         )
 
 
+def reset_process_state() -> None:
+    """Forget bitsandbytes' process-wide optimizer overrides. transformers registers each model's
+    embeddings with bitsandbytes' GlobalOptimManager singleton for 32-bit state when it builds an
+    8-bit optimizer; the manager keeps them (by parameter position too) for every later optimizer of
+    the process, so the next job of a sweep would keep some other tensor's state in 32 bits."""
+    import sys
+
+    if "bitsandbytes" in sys.modules:  # never imported for it
+        sys.modules["bitsandbytes"].optim.GlobalOptimManager.get_instance().initialize()
+
+
 # ---- state size ----------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from transformers.integrations.integration_utils import default_logdir
 from ..compat import accelerate as accelerate_compat
 from ..compat.transformers import CheckpointWriteHook
 from ..model.adapters import loraplus_optimizer
-from . import checkpoint
+from . import checkpoint, optimizers
 from .throughput import EtaProgress, Throughput
 
 
@@ -58,3 +58,4 @@ def release(trainer: Any) -> None:
     """Forget process-wide accelerate state so the next job of a sweep starts as it would alone."""
     trainer.accelerator.free_memory()
     accelerate_compat.reset_state()
+    optimizers.reset_process_state()
