@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import register_configs
-from .errors import PREEMPTED_EXIT, Preempted, UserError
+from .errors import PREEMPTED_EXIT, Preempted, UserError, to_log_files
 from .launch.sweep import ERROR_FILE, register_sweeper
 
 register_configs()
@@ -33,12 +33,15 @@ def _hydra_main(cfg: DictConfig) -> float | dict | None:
 
         if rank() == 0:
             print(f"vicuna_sft: {e}", file=sys.stderr, flush=True)
+        to_log_files(f"vicuna_sft: {e}", 30)
         sys.exit(PREEMPTED_EXIT)
     except KeyboardInterrupt:  # Ctrl-C before or after training (during it: training/preemption.py)
         print("vicuna_sft: interrupted", file=sys.stderr, flush=True)
+        to_log_files("vicuna_sft: interrupted", 30)
         sys.exit(130)
     except UserError as e:
         print(f"vicuna_sft: error: {e}", file=sys.stderr)
+        to_log_files(f"vicuna_sft: error: {e}", 40)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # the other jobs of the sweep still run; the summary marks this one failed, and Optuna
             # a FAILED trial (not a number; launch/sweep.py)
@@ -64,8 +67,23 @@ def job_failed(message: str, details: str = "") -> dict:
     return {"error": message}
 
 
+SHELL_COMPLETION = ("--shell-completion", "-sc")
+COMPLETION_COMMANDS = ("install=", "uninstall=", "query=")
+
+
 def main() -> None:
     """Console script `vicuna-sft` and `python -m vicuna_sft`."""
+    if any(a in SHELL_COMPLETION for a in sys.argv[1:]) and not any(
+        a.startswith(COMPLETION_COMMANDS) for a in sys.argv[1:]
+    ):
+        # Hydra raises a bare ValueError (a traceback) when the subcommand is missing
+        print(
+            "vicuna_sft: error: --shell-completion needs one of install=SHELL, uninstall=SHELL or query=SHELL "
+            '(SHELL: bash, zsh, fish), e.g. eval "$(vicuna-sft --shell-completion install=bash)"; '
+            "completion completes the vicuna-sft command (the .venv's console script), not python -m",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     if "--resolve" in sys.argv and any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in sys.argv):
         print_resolved_config()
     else:
@@ -92,7 +110,19 @@ def print_resolved_config() -> None:
             )
         args = sys.argv[1:]
         kind = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--cfg", "-c")), "")
+        kind = kind or next((a.split("=", 1)[1] for a in args if a.startswith("--cfg=")), "")
         what = f"--cfg {kind}" if kind else "--cfg"
+        if kind == "hydra":
+            # Hydra's own settings: the run directory is named from the job's config, which
+            # `--cfg hydra` leaves out, and hydra.runtime / hydra.job are only set once a job starts
+            print(
+                "vicuna_sft: error: --cfg hydra --resolve: Hydra's settings resolve only inside a run "
+                "(hydra.run.dir is named from the job's model, data and adapter, which --cfg hydra leaves out; "
+                "hydra.runtime.* is set when a job starts); print --cfg hydra without --resolve, or read a "
+                "run's .hydra/hydra.yaml",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         print(
             f"vicuna_sft: error: {what} --resolve: cannot resolve {key} outside a run: {reason}",
             file=sys.stderr,

@@ -3,8 +3,8 @@
 PATH is a run's `final/` directory (or the run directory holding it: its `final/`, else the
 `final_adapter/` an adapter run saves), or an adapter directory saved by PEFT (`adapter_config.json`; loaded with `AutoPeftModelForCausalLM` on top of the base
 model it names). The prompt is built by the chat template saved with the tokenizer
-(`apply_chat_template(history, add_generation_prompt=True)`), i.e. the Vicuna v1.1 prompt the model
-was trained on; the tokens of a message are always text, so a typed `</s>` stays text as in training.
+(`apply_chat_template(history, add_generation_prompt=True)`), i.e. the prompt format the model was
+trained on; the tokens of a message are always text, so a typed `</s>` stays text as in training.
 Replies stream token by token; the conversation keeps its history until `/reset`.
 
     /reset   forget the conversation (the system prompt stays)
@@ -167,39 +167,30 @@ def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
 
 @dataclass
 class Prompter:
-    """A turn's prompt: its text from the saved chat template, its ids as training made them.
-
-    For the Vicuna template vicuna_sft saves, the ids come from the training encoder
-    (`Encoder.encode_prompt`): the text is the template's (tested equal), but tokenizing that text
-    in one piece, as `apply_chat_template(tokenize=True)` does, differs from training on
-    SentencePiece tokenizers (Llama, Mistral): after the template's literal BOS the first word
-    loses its prefix space ("<s>A" instead of "<s>▁A"), and a `</s>` typed in a message is split
-    differently. Any other template: `apply_chat_template`, with special-token text inside messages
-    kept as text (`sanitize_control_tokens`)."""
+    """A turn's prompt: its text and its ids, through the chat template saved with the tokenizer
+    (the one training rendered with), tokenized as training tokenized it: the ids training gave
+    that prefix, which are also `apply_chat_template(tokenize=True)`'s (tests/unit/test_templates.py).
+    Special-token text typed in a message stays text."""
 
     tokenizer: Any
 
     def __post_init__(self) -> None:
-        from .data.conversation import CHAT_TEMPLATE
         from .data.encode import Encoder
+        from .data.templates import TOKENIZER, resolve
 
-        self.encoder = None
-        if self.tokenizer.chat_template == CHAT_TEMPLATE:
-            self.encoder = Encoder(self.tokenizer, max_length=1 << 30)  # never truncates a prompt
+        self.encoder = Encoder(self.tokenizer, resolve(TOKENIZER, self.tokenizer), max_length=1 << 30)
 
     def text(self, system: str | None, history: list[tuple[str, str]], user: str) -> str:
         return prompt_text(self.tokenizer, build_messages(system, history, user))
 
     def ids(self, system: str | None, history: list[tuple[str, str]], user: str) -> list[int]:
-        if self.encoder is not None:
-            from .data.conversation import VICUNA_SYSTEM
+        return self.encoder.prompt_ids(build_messages(system, history, user))
 
-            return self.encoder.encode_prompt(VICUNA_SYSTEM if system is None else system, history, user)
-        from .compat.transformers import chat_template_ids
+    def stop_ids(self) -> int | list[int]:
+        """Generation stops at EOS and at the template's end-of-turn token."""
+        from .training.final import stop_ids
 
-        return chat_template_ids(
-            self.tokenizer, build_messages(system, history, user), add_generation_prompt=True
-        )
+        return stop_ids(self.tokenizer.eos_token_id, self.encoder.eot_id)
 
 
 @dataclass
@@ -207,16 +198,21 @@ class Sampling:
     temperature: float = 0.7  # FastChat's CLI default; 0 = greedy
     top_p: float = 1.0
     max_new_tokens: int = 512
+    # > 1 makes every token already in the prompt or reply less likely (CTRL's penalty, as
+    # FastChat's CLI offers); 1.0 = off, FastChat's default
+    repetition_penalty: float = 1.0
 
     def generate_kwargs(self) -> dict[str, Any]:
+        penalty = {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}
         if self.temperature == 0:
-            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
+            return {"do_sample": False, "max_new_tokens": self.max_new_tokens, **penalty}
         return {
             "do_sample": True,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": 0,  # only top-p filters (generation_config may carry a top_k)
             "max_new_tokens": self.max_new_tokens,
+            **penalty,
         }
 
 
@@ -285,7 +281,7 @@ class Chat:
         self.out.flush()
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([ids], device=device)
-        eos = self.tokenizer.eos_token_id
+        eos = self.prompter.stop_ids()
         kwargs = self.sampling.generate_kwargs()
         limit = context_length(self.model)
         if limit is not None:  # never generate past the positions the model has
@@ -296,7 +292,9 @@ class Chat:
                 attention_mask=torch.ones_like(input_ids),
                 streamer=make_streamer(self.tokenizer, self.out),
                 eos_token_id=eos,
-                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
+                pad_token_id=self.tokenizer.pad_token_id
+                if self.tokenizer.pad_token_id is not None
+                else self.tokenizer.eos_token_id,
                 **kwargs,
             )
         reply = self.tokenizer.decode(generated[0, len(ids) :], skip_special_tokens=True).strip()
@@ -366,6 +364,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-new-tokens", type=int, default=Sampling.max_new_tokens, help="(default %(default)s)"
     )
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=Sampling.repetition_penalty,
+        help="> 1 discourages repeating tokens already seen (default %(default)s: off)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if visible")
     p.add_argument(
         "--dtype",
@@ -387,6 +391,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ChatError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.max_new_tokens < 1:
         raise ChatError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 < args.repetition_penalty < float("inf"):
+        raise ChatError(
+            f"--repetition-penalty must be > 0 and finite (1 = off), got {args.repetition_penalty}"
+        )
     if args.prompt is not None and not args.prompt.strip():
         raise ChatError("--prompt is empty")
 
@@ -404,7 +412,7 @@ def run(argv: list[str] | None = None) -> int:
         from transformers import set_seed
 
         set_seed(args.seed)
-    sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens)
+    sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens, args.repetition_penalty)
     chat = Chat(tokenizer, model, args.system, sampling, args.show_prompt)
     if args.prompt is not None:
         chat.respond(args.prompt.strip())

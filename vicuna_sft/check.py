@@ -41,6 +41,7 @@ from .config import (
     Padding,
     Precision,
     register_configs,
+    schema_node,
 )
 from .errors import UserError
 from .validation import checked
@@ -119,7 +120,7 @@ def register_check_configs() -> None:
     """The training configs, the root schema extended by `check`, and a primary config `check`."""
     register_configs()
     cs = ConfigStore.instance()
-    cs.store(name=SCHEMA_NAME, node=CheckConfig)  # conf/config.yaml extends `config_schema`
+    cs.store(name=SCHEMA_NAME, node=schema_node(CheckConfig))  # conf/config.yaml extends `config_schema`
     cs.store(name="check", node={"defaults": ["config", "_self_"], "hydra": HYDRA_SETTINGS})
 
 
@@ -325,7 +326,7 @@ def batch_features(cfg: Config, tokenizer: Any, n: int) -> list[dict[str, Any]]:
     from .data.encode import Encoder
 
     convs, _, _ = read_splits(cfg.data, cfg.trainer.seed)
-    encoder = Encoder(tokenizer, cfg.data.max_length, cfg.data.long)
+    encoder = Encoder.for_data(cfg.data, tokenizer)
     features: list[dict[str, Any]] = []
     for start in range(0, len(convs), 64):
         for e in encoder.encode_batch(convs[start : start + 64]):

@@ -49,8 +49,25 @@ class Builtin(str, Enum):
 
 
 # OmegaConf matches enum members by *name*; these names are not identifiers, hence the functional API.
-Template = Enum("Template", {"vicuna_v1.1": "vicuna_v1.1"}, type=str)
 OnError = Enum("OnError", {"raise": "raise", "skip": "skip"}, type=str)
+
+
+class Reasoning(str, Enum):
+    """A template that renders earlier turns differently once later ones follow (Qwen3 drops
+    earlier <think> blocks): what a conversation it cannot render prefix-stably becomes."""
+
+    refuse = "refuse"  # an error naming the conversation (or a counted skip under on_error=skip)
+    split = "split"  # one sample per turn, rendered as a server renders it then (more tokens: counted)
+    keep = "keep"  # one sample, each turn as rendered when it was the latest (history != inference)
+
+
+# data.template: these names, or a path to a .jinja file (data/templates.py has the templates)
+TEMPLATE_NAMES = ("vicuna_v1.1", "chatml", "tokenizer")
+
+
+class TrainOn(str, Enum):
+    all = "all"  # every assistant message not marked "train": false
+    last = "last"  # only the last assistant message
 
 
 class LongMode(str, Enum):
@@ -192,7 +209,11 @@ class DataConfig:
     path: Any = MISSING
     eval_path: str | None = None
     eval_fraction: float = 0.0  # held out from `path` with trainer.seed when eval_path is None
-    template: Template = Template["vicuna_v1.1"]
+    # vicuna_v1.1 | chatml | tokenizer (the model's own chat template) | a path to a .jinja file
+    template: str = "vicuna_v1.1"
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {enable_thinking: false}
+    train_on: TrainOn = TrainOn.all
+    reasoning: Reasoning = Reasoning.refuse
     max_length: int = 2048
     padding: Padding = Padding.packed  # fastest, same math (docs/benchmarks.md); FastChat: max_length
     lazy: bool = False  # encode on access instead of up front (never cached; not with long=split)
@@ -344,6 +365,11 @@ class TrainerConfig:
     # the built-in ones at every event (training/callbacks.py)
     callbacks: list[Any] = field(default_factory=list)
     use_cpu: bool | None = None  # None: True when no CUDA device (else CPU ranks under torchrun train alone)
+    # any other TrainingArguments field by its transformers name, e.g. {warmup_steps: 5,
+    # neftune_noise_alpha: 5}: checked against TrainingArguments' own fields and types when the
+    # config is composed; fields this project sets itself are refused naming the key that does
+    # (validation.TRAINER_ARGS_OWNED)
+    args: dict[str, Any] = field(default_factory=dict)
 
     def runs_on_cpu(self, cuda_available: bool | None = None) -> bool:
         """The one rule for where a run computes (training, adapters' quantization, the check):
@@ -381,8 +407,19 @@ SCHEMA_NAME = "config_schema"
 def register_configs() -> None:
     """Store the schema as the root config `config_schema` (conf/config.yaml extends it; outside any
     group, so `--help` does not offer it as an option) and the resolvers."""
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=schema_node(Config))
     register_resolvers()
+
+
+def schema_node(schema: type) -> DictConfig:
+    """The root schema (`Config` or a command's extension of it) as the node stored as
+    `config_schema`. trainer.args holds TrainingArguments' names, not the schema's: it is open to
+    new keys, so `trainer.args.warmup_steps=5` needs no `+` (validation checks the names)."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(schema)
+    OmegaConf.set_struct(node.trainer.args, False)
+    return node
 
 
 def _asset_path(name: str) -> str:
@@ -428,6 +465,51 @@ def data_run_name(choice: str, *, _root_: Any) -> str:
     return f"{choice}-{name if len(name) <= 60 else f'{stems[0]}+{len(stems) - 1}more'}"
 
 
+def _leaf(path: str) -> str:
+    """The last part of a path or hub id (`/m/llama-2-7b-hf/` -> `llama-2-7b-hf`)."""
+    return os.path.basename(os.path.normpath(path)) or path
+
+
+def _option_value(group: str, option: str, key: str) -> Any:
+    """`key` as the packaged option `conf/<group>/<option>.yaml` sets it (unresolved), or None."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    file = resources.files("vicuna_sft.conf") / group / f"{option}.yaml"
+    if not file.is_file():
+        return None
+    values = OmegaConf.to_container(OmegaConf.create(file.read_text()), resolve=False)
+    values = values.get(group, values) if isinstance(values.get(group), dict) else values  # @package _global_
+    return values.get(key)
+
+
+def model_run_name(choice: str, *, _root_: Any) -> str:
+    """The `<model>` part of run directories: the `model` option while `model.name_or_path` is
+    the one that option names, else the last part of the path (or hub id) loaded instead
+    (`model.name_or_path=/m/my-llama` -> `my-llama`), plus `-tok-<last part>` with another
+    `model.tokenizer`: another model or tokenizer gets another run (and another preprocess)."""
+    from omegaconf import OmegaConf
+
+    model = _root_.model
+    if OmegaConf.is_missing(model, "name_or_path"):
+        return choice
+    raw = OmegaConf.to_container(model, resolve=False).get("name_or_path")
+    name = choice if raw == _option_value("model", choice, "name_or_path") else _leaf(str(model.name_or_path))
+    tokenizer = model.get("tokenizer")
+    if tokenizer and _leaf(str(tokenizer)) != name:
+        name = f"{name}-tok-{_leaf(str(tokenizer))}"
+    return name
+
+
+def adapter_run_name(*, _root_: Any) -> str:
+    """The `_<adapter>` suffix of the run directory (empty for full fine-tuning): an adapter run's
+    checkpoints never share a directory with a full fine-tune's."""
+    kind = _root_.adapter.get("kind") if "adapter" in _root_ else None
+    kind = getattr(kind, "value", kind)
+    return "" if kind in (None, AdapterKind.none.value) else f"_{kind}"
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -435,6 +517,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("vicuna_sft_asset", _asset_path)
     if not OmegaConf.has_resolver("vicuna_sft_data_name"):
         OmegaConf.register_new_resolver("vicuna_sft_data_name", data_run_name)
+    if not OmegaConf.has_resolver("vicuna_sft_model_name"):
+        OmegaConf.register_new_resolver("vicuna_sft_model_name", model_run_name)
+    if not OmegaConf.has_resolver("vicuna_sft_adapter_name"):
+        OmegaConf.register_new_resolver("vicuna_sft_adapter_name", adapter_run_name)
     if not OmegaConf.has_resolver("vicuna_sft_builtin"):
         OmegaConf.register_new_resolver("vicuna_sft_builtin", builtin_path)
 

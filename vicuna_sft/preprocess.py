@@ -33,7 +33,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .config import SCHEMA_NAME, Config, register_configs, save_config
+from .config import SCHEMA_NAME, Config, register_configs, save_config, schema_node
 from .data.encode import IGNORE_INDEX
 from .errors import UserError
 from .validation import checked
@@ -60,7 +60,8 @@ class PreprocessConfig(Config):
 HYDRA_SETTINGS = {
     "job": {"name": "preprocess"},
     "run": {
-        "dir": "outputs/preprocess/${hydra.runtime.choices.model}_"
+        # per model and tokenizer (config.model_run_name): one model's encoding never overwrites another's
+        "dir": "outputs/preprocess/${vicuna_sft_model_name:${hydra.runtime.choices.model}}_"
         "${vicuna_sft_data_name:${hydra.runtime.choices.data}}"
     },
     "sweep": {"dir": "multirun/preprocess/${now:%Y-%m-%d_%H-%M-%S}"},
@@ -84,7 +85,7 @@ def register_preprocess_configs() -> None:
     register_configs()
     cs = ConfigStore.instance()
     # conf/config.yaml starts from `config_schema`; in this process it is the extended schema
-    cs.store(name=SCHEMA_NAME, node=PreprocessConfig)
+    cs.store(name=SCHEMA_NAME, node=schema_node(PreprocessConfig))
     cs.store(name="preprocess", node={"defaults": ["config", "_self_"], "hydra": HYDRA_SETTINGS})
 
 
@@ -259,7 +260,7 @@ def preprocess(dcfg: DictConfig) -> dict[str, Any]:
     stats = {
         "model": cfg.model.name_or_path,
         "tokenizer": cfg.model.tokenizer or cfg.model.name_or_path,
-        "template": cfg.data.template.value,
+        "template": cfg.data.template,
         "long": cfg.data.long.value,
         "max_length": cfg.data.max_length,
         **totals(data.stats, files),

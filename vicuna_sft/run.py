@@ -39,7 +39,8 @@ def run(cfg: Config) -> dict[str, Any]:
     # the data files' and the model's content are part of the math: hashed here (memoized on disk),
     # the data digests reused by the data cache
     fingerprint = run_fingerprint(cfg, world_size(), data_digests(cfg.data), model_digests(cfg.model))
-    resume = resolve_resume(cfg.trainer.resume, out, fingerprint, cfg.trainer.resume_on_config_change)
+    end = (cfg.trainer.max_steps, cfg.trainer.num_train_epochs)
+    resume = resolve_resume(cfg.trainer.resume, out, fingerprint, cfg.trainer.resume_on_config_change, end)
     set_aside_previous_outputs(out)
     save_config(cfg, out)
 
@@ -47,7 +48,7 @@ def run(cfg: Config) -> dict[str, Any]:
     data = build_datasets(cfg.data, tokenizer, seed=cfg.trainer.seed)
     report_data(data.stats, out)
     check_batch_fits(cfg.trainer, len(data.train), world_size())  # before the model loads
-    model = load_model(cfg)
+    model = load_model(cfg, vocab_size=len(tokenizer))
     args = to_training_arguments(cfg, wrap_classes=no_split_modules(model))
 
     from .training.callbacks import build_callbacks

@@ -4,10 +4,12 @@ Whatever gets a `Config` afterwards (run, the TrainingArguments mapping) trusts 
 
 import math
 import os
+from typing import Any
 
 from omegaconf import DictConfig
 
 from .config import (
+    TEMPLATE_NAMES,
     AdapterKind,
     Config,
     FsdpStrategy,
@@ -138,6 +140,14 @@ def validate(cfg: Config) -> None:
         ),
     ]
     errors = [msg for ok, msg in checks if not ok] + adapter_errors(cfg)
+    if d.template not in TEMPLATE_NAMES and not (
+        d.template.endswith(".jinja") and os.path.isfile(d.template)
+    ):
+        errors.append(
+            f"data.template: template file {d.template} not found"
+            if d.template.endswith(".jinja")
+            else f"data.template: {d.template!r} is not one of {', '.join(TEMPLATE_NAMES)} or a path to a .jinja file"
+        )
     if d.lazy and d.long == LongMode.split:
         errors.append(
             "data.long=split needs the samples up front (a conversation's piece count is known only once "
@@ -148,10 +158,226 @@ def validate(cfg: Config) -> None:
     except UserError as e:
         errors.append(str(e))
     errors += report_to_problems(t.report_to)
+    if t.args:  # transformers is imported only when there is something to check against it
+        errors += trainer_args_problems(t.args)[1]
     if not errors:
         gradient_accumulation(t, layout(cfg)[0])  # global_batch_size must divide for this world size
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+# trainer.args: TrainingArguments fields passed through by name. Refused, in this one place: the
+# fields the TrainingArguments mapping (training/arguments.py) sets itself, each with the key that
+# sets it (a test keeps this list and the mapping equal), and the fields a guarantee of the run
+# rests on, each with why. Any other field of TrainingArguments passes, type-checked.
+TRAINER_ARGS_OWNED: dict[str, str] = {
+    "output_dir": "hydra.run.dir",
+    "per_device_train_batch_size": "trainer.per_device_train_batch_size",
+    "per_device_eval_batch_size": "trainer.per_device_eval_batch_size",
+    "gradient_accumulation_steps": "trainer.gradient_accumulation_steps or trainer.global_batch_size",
+    "num_train_epochs": "trainer.num_train_epochs",
+    "max_steps": "trainer.max_steps",
+    "learning_rate": "optimizer.lr",
+    "weight_decay": "optimizer.weight_decay",
+    "adam_beta1": "optimizer.adam_beta1",
+    "adam_beta2": "optimizer.adam_beta2",
+    "adam_epsilon": "optimizer.eps",
+    "max_grad_norm": "optimizer.max_grad_norm",
+    "optim": "optimizer.name",
+    "lr_scheduler_type": "optimizer.scheduler",
+    "bf16": "trainer.precision",
+    "fp16": "trainer.precision",
+    "tf32": "trainer.tf32",
+    "logging_steps": "trainer.logging_steps",
+    "save_strategy": "trainer.save_strategy",
+    "save_steps": "trainer.save_steps",
+    "save_total_limit": "trainer.save_total_limit",
+    "eval_strategy": "trainer.eval_strategy",
+    "eval_steps": "trainer.eval_steps",
+    "metric_for_best_model": "trainer.metric_for_best_model",
+    "seed": "trainer.seed",
+    "data_seed": "trainer.seed",
+    "dataloader_num_workers": "trainer.dataloader_num_workers",
+    "report_to": "trainer.report_to",
+    "use_cpu": "trainer.use_cpu",
+    "activation_checkpointing": "model.activation_checkpointing",
+    "gradient_checkpointing": "model.activation_checkpointing",
+    "fsdp": "fsdp=<strategy>",
+    "fsdp_config": "fsdp=<strategy> and fsdp.*",
+    "parallelism_config": "fsdp=hybrid_shard",
+    "resume_from_checkpoint": "trainer.resume",
+    "use_liger_kernel": "loss=liger",
+}
+TRAINER_ARGS_INVARIANT: dict[str, str] = {
+    "logging_first_step": "step 1 is always logged (the loss curve starts there, the divergence check needs it)",
+    "remove_unused_columns": "the datasets hold exactly the model's inputs; dropping columns would break packing",
+    "include_num_input_tokens_seen": "the throughput callback counts non-padding tokens through it",
+    "local_rank": "set by the launcher (torchrun or distributed.nproc_per_node)",
+    "save_only_model": "a checkpoint without optimizer state cannot be resumed, and every checkpoint here is resumable",
+    "enable_jit_checkpoint": "SIGTERM and Ctrl-C already save a complete checkpoint (training/preemption.py)",
+    "auto_find_batch_size": "it would change the batch the global batch size, lr and resume check rest on",
+    "average_tokens_across_devices": "the loss is normalised by trained tokens across ranks (model/loss.py)",
+    "label_smoothing_factor": "the loss variants compute the loss without logits (loss.kind); not supported",
+    "deepspeed": "not supported: use fsdp=<strategy>",
+    "do_train": "not read by the Trainer: a run always trains",
+    "do_eval": "not read by the Trainer: use trainer.eval_strategy",
+    "do_predict": "not read by the Trainer",
+}
+
+# trainer.args fields a resumed run may change (training/checkpoint.py RESUME_SAFE): what is
+# logged, evaluated, saved or pushed, and how data is fed, not what a step computes. Any other
+# trainer.args field differing from the checkpoint's run is refused at resume.
+TRAINER_ARGS_RESUME_SAFE = (
+    "logging_strategy",
+    "logging_nan_inf_filter",
+    "log_level",
+    "log_level_replica",
+    "log_on_each_node",
+    "disable_tqdm",
+    "run_name",
+    "project",
+    "eval_delay",
+    "eval_on_start",
+    "eval_accumulation_steps",
+    "eval_do_concat_batches",
+    "eval_use_gather_object",
+    "include_for_metrics",
+    "batch_eval_metrics",
+    "prediction_loss_only",
+    "load_best_model_at_end",
+    "greater_is_better",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_strategy",
+    "hub_token",
+    "hub_private_repo",
+    "hub_always_push",
+    "hub_revision",
+    "save_on_each_node",
+    "skip_memory_metrics",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
+    "ddp_timeout",
+    "torch_empty_cache_steps",
+)
+
+
+def _training_argument_fields() -> dict[str, Any]:
+    """TrainingArguments' fields and their types (a dataclass in every supported release)."""
+    import dataclasses
+    import typing
+
+    from transformers import TrainingArguments
+
+    fields = {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
+    try:
+        fields.update(typing.get_type_hints(TrainingArguments))
+    except Exception:  # an annotation that does not resolve here: check only the resolvable ones
+        fields = {k: (v if not isinstance(v, str) else Any) for k, v in fields.items()}
+    return {k: fields[k] for k in fields if not k.startswith("_")}
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """`value` as the type `hint` (TrainingArguments' annotation) describes, else ValueError naming it."""
+    import enum
+    import types
+    import typing
+
+    origin, arms = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in arms:
+            return None
+        ordered = [a for a in arms if a is not type(None)]
+        if any(isinstance(a, type) and issubclass(a, enum.Enum) for a in ordered):
+            # `HubStrategy | str`: the str is the enum's value, accepted only as one of them
+            ordered = [a for a in ordered if a is not str]
+        expected = []
+        for arm in ordered:
+            try:
+                return _coerce(value, arm)
+            except ValueError as e:
+                expected.append(str(e))
+        raise ValueError(" or ".join(expected + ["null"] * (type(None) in arms)))
+    if origin is typing.Literal:
+        if value in arms:
+            return value
+        raise ValueError(f"one of {list(arms)}")
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        valid = [m.value for m in hint]
+        if value in valid:
+            return value
+        raise ValueError(f"one of {valid}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list or hint is list:
+        if isinstance(value, list | tuple):
+            return [_coerce(v, arms[0]) for v in value] if arms else list(value)
+    elif origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+    else:
+        return value  # an annotation not modelled here: left to TrainingArguments
+    raise ValueError(_describe(hint))
+
+
+def _describe(hint: Any) -> str:
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def trainer_args_problems(args: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """trainer.args checked against TrainingArguments: (the values as its types, problems). Each
+    problem is one line naming the field and what to do instead."""
+    import difflib
+
+    fields = _training_argument_fields()
+    values, problems = {}, []
+    for name, value in args.items():
+        key = f"trainer.args.{name}"
+        if name in TRAINER_ARGS_OWNED:
+            problems.append(f"{key}: set by vicuna_sft: use {TRAINER_ARGS_OWNED[name]}")
+        elif name in TRAINER_ARGS_INVARIANT:
+            problems.append(f"{key}: refused: {TRAINER_ARGS_INVARIANT[name]}")
+        elif name not in fields:
+            close = difflib.get_close_matches(str(name), list(fields), n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else "see transformers.TrainingArguments"
+            problems.append(f"{key}: not a TrainingArguments field ({hint})")
+        elif name == "warmup_steps" and not (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        ):
+            # TrainingArguments reads a float < 1 as a ratio: the ratio has its own key
+            problems.append(
+                f"{key} must be a whole number of steps >= 0 (it replaces optimizer.warmup_ratio), got {value!r}"
+            )
+        else:
+            try:
+                values[name] = _coerce(value, fields[name])
+            except ValueError as e:
+                problems.append(f"{key} must be {e}, got {value!r}")
+    return values, problems
+
+
+def trainer_args(args: dict[str, Any]) -> dict[str, Any]:
+    """trainer.args as TrainingArguments keyword arguments (validated: validate ran at startup)."""
+    values, problems = trainer_args_problems(args) if args else ({}, [])
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return values
 
 
 # trainer.report_to: transformers' loggers (integrations.INTEGRATION_TO_CALLBACK; a test keeps the

@@ -9,14 +9,16 @@ import re
 import sys
 
 import pytest
+from vicuna_reference import render
 
-from vicuna_sft.data.conversation import VICUNA_SYSTEM, Conversation, render
+from vicuna_sft.data.conversation import Conversation
+from vicuna_sft.data.templates import VICUNA_SYSTEM
 
 
 def training_prompt(system: str, history: list[tuple[str, str]], user: str) -> str:
     """The training text (conversation.render) of the finished turns, then the new turn up to
     `ASSISTANT:` (no trailing space: the reply's first token carries it), as FastChat generates."""
-    done = render(Conversation("", system, tuple(history))) if history else system + " "
+    done = render(Conversation.of("", system, tuple(history))) if history else system + " "
     return done + f"USER: {user} ASSISTANT:"
 
 

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from vicuna_reference import vicuna_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +25,10 @@ TOL = {"rtol": 1e-5, "atol": 1e-6}
 @pytest.fixture(scope="module")
 def eight_samples(bpe_tokenizer, sample_path) -> list[dict]:
     """2 ranks x 2 per device x accumulation 2: eight samples, all with prompt and reply."""
-    from vicuna_sft.data.encode import Encoder
     from vicuna_sft.data.records import load_conversations
 
     convs, _ = load_conversations(str(sample_path), skip_errors=False)
-    encoded = [e for e in Encoder(bpe_tokenizer, 192).encode_batch(convs[:32]) if e.trained_tokens > 0]
+    encoded = [e for e in vicuna_encoder(bpe_tokenizer, 192).encode_batch(convs[:32]) if e.trained_tokens > 0]
     return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded[:8]]
 
 

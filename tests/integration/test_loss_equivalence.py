@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from vicuna_reference import vicuna_encoder
 
 from vicuna_sft.config import (
     AttentionConfig,
@@ -66,11 +67,10 @@ def make_cfg(
 @pytest.fixture(scope="module")
 def samples(bpe_tokenizer, sample_path) -> list[dict]:
     """Four samples of clearly different lengths, each with masked prompt tokens."""
-    from vicuna_sft.data.encode import Encoder
     from vicuna_sft.data.records import load_conversations
 
     convs, _ = load_conversations(str(sample_path), skip_errors=False)
-    encoded = Encoder(bpe_tokenizer, MAX_LENGTH).encode_batch(convs[:64])
+    encoded = vicuna_encoder(bpe_tokenizer, MAX_LENGTH).encode_batch(convs[:64])
     by_len = sorted((e for e in encoded if e.trained_tokens > 0), key=lambda e: len(e.input_ids))
     picks = [by_len[0], by_len[-1], by_len[len(by_len) // 2], by_len[len(by_len) // 4]]
     assert all(0 < e.trained_tokens < len(e.input_ids) - 1 for e in picks)  # prompt and reply

@@ -11,11 +11,13 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from vicuna_reference import render, vicuna_encoder
 
 from vicuna_sft.data.collate import Collator, pad_id_for
-from vicuna_sft.data.conversation import ASSISTANT, SEP, USER, Conversation, render
-from vicuna_sft.data.encode import Encoder
+from vicuna_sft.data.conversation import Conversation
 from vicuna_sft.data.records import load_conversations
+
+USER, ASSISTANT, SEP = "USER", "ASSISTANT", " "
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +26,7 @@ SMOKE = ["experiment=smoke"]  # the default data.padding (packed), as users run 
 
 def generation_prompt(system: str, history: list[tuple[str, str]], user: str) -> str:
     """What the model sees at inference: the prompt up to `ASSISTANT:` (no trailing space)."""
-    done = render(Conversation("", system, tuple(history))) if history else system + SEP
+    done = render(Conversation.of("", system, tuple(history))) if history else system + SEP
     return done + f"{USER}: {user}{SEP}{ASSISTANT}:"
 
 
@@ -39,7 +41,7 @@ def batch_loss(model, batch):
 
 def sample_batch(tokenizer, sample_path, n=8):
     convs, _ = load_conversations(str(sample_path), skip_errors=False)
-    enc = Encoder(tokenizer, 512)
+    enc = vicuna_encoder(tokenizer, 512)
     feats = [{"input_ids": e.input_ids, "labels": e.labels} for e in enc.encode_batch(convs[:n])]
     return Collator(pad_id_for(tokenizer))(feats)
 
@@ -83,14 +85,14 @@ def test_train_eval_save_reload(tmp_path, run_module, sample_path):
     history, user = [("What is 2 plus 2?", "2 plus 2 is 4.")], "And 3 plus 3?"
     messages = [{"role": r, "content": c} for u, a in history for r, c in (("user", u), ("assistant", a))]
     messages.append({"role": "user", "content": user})
-    from vicuna_sft.data.conversation import VICUNA_SYSTEM
+    from vicuna_sft.data.templates import VICUNA_SYSTEM
 
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert text == tok.bos_token + generation_prompt(VICUNA_SYSTEM, history, user)
     full = [*messages, {"role": "assistant", "content": "3 plus 3 is 6."}]
     ids = tok.apply_chat_template(full, tokenize=True, return_dict=True)["input_ids"]
-    conv = Conversation("t", VICUNA_SYSTEM, (*history, (user, "3 plus 3 is 6.")))
-    assert ids == Encoder(tok, 512).encode(conv).input_ids
+    conv = Conversation.of("t", VICUNA_SYSTEM, (*history, (user, "3 plus 3 is 6.")))
+    assert ids == vicuna_encoder(tok, 512).encode(conv).input_ids
 
     # batched generation: the saved tokenizer has a pad token (left padding is the caller's choice)
     left = AutoTokenizer.from_pretrained(final, padding_side="left")

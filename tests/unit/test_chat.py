@@ -11,15 +11,18 @@ import shutil
 
 import pytest
 import torch
+from vicuna_reference import render
 
 from vicuna_sft.chat import Chat, ChatError, Prompter, Sampling, build_messages, interact, locate, run
-from vicuna_sft.data.conversation import CHAT_TEMPLATE, VICUNA_SYSTEM, Conversation, render
+from vicuna_sft.data.conversation import Conversation
+from vicuna_sft.data.templates import VICUNA_SYSTEM
+from vicuna_sft.data.templates import VICUNA_TEMPLATE as CHAT_TEMPLATE
 
 
 def training_prompt(system: str, history: list[tuple[str, str]], user: str) -> str:
     """The training text (conversation.render) of the finished turns, then the new turn up to
     `ASSISTANT:` (no trailing space: the reply's first token carries it), as FastChat generates."""
-    done = render(Conversation("", system, tuple(history))) if history else system + " "
+    done = render(Conversation.of("", system, tuple(history))) if history else system + " "
     return done + f"USER: {user} ASSISTANT:"
 
 
@@ -71,7 +74,7 @@ def test_prompt_is_the_training_prompt(prompter, system):
 
     ids = prompter.ids(system, HISTORY, USER)
     reply = "Six, since 3 plus 3 is 6."
-    encoded = prompter.encoder.encode(Conversation("c", sys_text, (*HISTORY, (USER, reply))))  # an Encoder
+    encoded = prompter.encoder.encode(Conversation.of("c", sys_text, (*HISTORY, (USER, reply))))  # an Encoder
     assert ids == encoded.input_ids[: len(ids)]
     # what follows in training is the reply (with the space after "ASSISTANT:") and its EOS
     assert tok.decode(encoded.input_ids[len(ids) :]).strip() == reply + tok.eos_token
@@ -125,6 +128,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny_dir, final_dir, capsys):
         ([str(tiny_dir)], "the tokenizer has no chat template"),
         ([str(final_dir), "--temperature", "-1"], "--temperature must be >= 0"),
         ([str(final_dir), "--top-p", "0"], "--top-p must be in (0, 1]"),
+        ([str(final_dir), "--repetition-penalty", "0"], "--repetition-penalty must be > 0 and finite"),
     ]:
         old, sys.argv = sys.argv, ["vicuna_sft.chat", *argv]
         try:
@@ -137,10 +141,12 @@ def test_cli_errors_are_one_line(tmp_path, tiny_dir, final_dir, capsys):
         assert err.startswith("vicuna_sft.chat: error: ") and expected in err and "\n" not in err
 
 
-def greedy(model, tok, history, user, n, system=None):
+def greedy(model, tok, history, user, n, system=None, **kwargs):
     ids = torch.tensor([Prompter(tok).ids(system, history, user)])
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, **kwargs
+        )
     return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
@@ -229,3 +235,17 @@ def test_adapter_directory(tiny_dir, final_dir, tmp_path, capsys):
         == 0
     )
     assert capsys.readouterr().out == expected + "\n"
+
+
+def test_repetition_penalty_reaches_generate(loaded, final_dir, capsys):
+    """Issue 21, item 9: `--repetition-penalty` (FastChat's CLI has it)."""
+    from vicuna_sft.chat import run
+
+    tok, model = loaded
+    question = "What is 2 plus 2?"
+    penalized = greedy(model, tok, [], question, 12, repetition_penalty=3.0)
+    assert penalized != greedy(model, tok, [], question, 12)  # the penalty changes this reply
+    argv = [str(final_dir), "--prompt", question, "--temperature", "0", "--max-new-tokens", "12"]
+    assert run([*argv, "--repetition-penalty", "3"]) == 0
+    assert capsys.readouterr().out == penalized + "\n"
+    assert Sampling(temperature=0.7).generate_kwargs().get("repetition_penalty") is None  # 1.0: not passed

@@ -126,7 +126,7 @@ def test_default_is_tiny_on_the_sample_with_the_vicuna_recipe(make):
     # the lr is the tiny model's (random weights: conf/model/tiny.yaml), the rest Vicuna's recipe
     assert (o.lr, o.weight_decay, o.warmup_ratio, o.max_grad_norm) == (3e-3, 0.0, 0.03, 1.0)
     assert o.scheduler == C.Scheduler.cosine
-    assert cfg.data.template.value == "vicuna_v1.1"
+    assert cfg.data.template == "vicuna_v1.1"
     assert cfg.fsdp.strategy == C.FsdpStrategy.none
 
 
@@ -408,6 +408,14 @@ def test_help_lists_groups_and_options_without_torch(tmp_path):
             "outputs/tiny_sharegpt-a+b",
         ),
         (("data=sharegpt",), "outputs/tiny_sharegpt"),  # data.path missing: reported by to_config
+        # what makes runs incompatible gets its own directory (issue 21, item 1): another model
+        # than the option's, another tokenizer, an adapter
+        (("model.name_or_path=/m/my-llama/",), "outputs/my-llama_sample"),
+        (("model=vicuna_7b", "model.name_or_path=lmsys/other-7b"), "outputs/other-7b_sample"),
+        (("model=vicuna_7b",), "outputs/vicuna_7b_sample"),
+        (("model.tokenizer=/t/spm",), "outputs/tiny-tok-spm_sample"),
+        (("adapter=lora",), "outputs/tiny_sample_lora"),
+        (("experiment=vicuna_7b_lora", "data.path=/d/a.json"), "outputs/vicuna_7b_sharegpt-a_lora"),
     ],
 )
 def test_run_dir_names_the_data_file(make, overrides, run_dir):
@@ -424,3 +432,84 @@ def test_cfg_job_prints_the_composed_config_without_torch(tmp_path):
     assert printed.optimizer.lr == 1e-5
     assert printed.trainer.max_steps == 40
     assert set(printed) >= {"model", "data", "attention", "fsdp", "optimizer", "trainer"}
+
+
+# trainer.args: any other TrainingArguments field, typed and checked at composition (issue 21, item 3)
+
+
+def test_trainer_args_reach_the_real_training_arguments(make):
+    from vicuna_sft.validation import checked
+
+    cfg = checked(
+        make("trainer.use_cpu=true", "trainer.args.warmup_steps=5", "trainer.args.neftune_noise_alpha=5")
+    )
+    args = to_training_arguments(cfg)
+    # warmup_steps=5 steps replaces the ratio 0.03; an int 5 for a float field is coerced
+    assert args.warmup_steps == 5 and args.neftune_noise_alpha == 5.0
+    assert isinstance(args.neftune_noise_alpha, float)
+    assert args.learning_rate == 3e-3  # the project's own fields are untouched
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # a typo: refused, with the closest names
+        (
+            "trainer.args.neftune_noise_alfa=5",
+            "trainer.args.neftune_noise_alfa: not a TrainingArguments field "
+            "(did you mean neftune_noise_alpha?)",
+        ),
+        # a field the project sets: refused naming the project's key
+        (
+            "trainer.args.learning_rate=1e-3",
+            "trainer.args.learning_rate: set by vicuna_sft: use optimizer.lr",
+        ),
+        ("trainer.args.output_dir=/x", "trainer.args.output_dir: set by vicuna_sft: use hydra.run.dir"),
+        (
+            "trainer.args.save_only_model=true",
+            "trainer.args.save_only_model: refused: a checkpoint without optimizer state cannot be resumed",
+        ),
+        # a wrong type, checked against TrainingArguments' own annotation
+        ("trainer.args.torch_compile=maybe", "trainer.args.torch_compile must be bool, got 'maybe'"),
+        (
+            "trainer.args.neftune_noise_alpha=loud",
+            "trainer.args.neftune_noise_alpha must be float or null, got 'loud'",
+        ),
+        (
+            "trainer.args.hub_strategy=sometimes",
+            "trainer.args.hub_strategy must be one of ['end', 'every_save', ",
+        ),
+        (
+            "trainer.args.warmup_steps=0.1",
+            "trainer.args.warmup_steps must be a whole number of steps >= 0 "
+            "(it replaces optimizer.warmup_ratio), got 0.1",
+        ),
+    ],
+)
+def test_trainer_args_are_refused_at_composition(make, override, message):
+    from vicuna_sft.validation import checked
+
+    with pytest.raises(ConfigError) as e:
+        checked(make(override))
+    assert message in str(e.value)
+
+
+def test_trainer_args_refuses_exactly_what_the_mapping_sets(make):
+    """Every TrainingArguments field the mapping sets is refused in trainer.args (naming its key),
+    and every refused name is a real field in this transformers release."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from vicuna_sft.training.arguments import project_arguments
+    from vicuna_sft.validation import TRAINER_ARGS_INVARIANT, TRAINER_ARGS_OWNED
+
+    set_here = set()
+    for overrides in ((), ("fsdp=full_shard",)):
+        set_here |= set(project_arguments(to_config(make("trainer.use_cpu=true", *overrides)), WRAP))
+    refused = set(TRAINER_ARGS_OWNED) | set(TRAINER_ARGS_INVARIANT)
+    set_here.discard("warmup_steps")  # trainer.args.warmup_steps (steps) replaces optimizer.warmup_ratio
+    assert set_here <= refused, set_here - refused
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    # gradient_checkpointing / activation_checkpointing: one of the two exists per release
+    assert refused - fields <= {"gradient_checkpointing", "activation_checkpointing"}, refused - fields

@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from vicuna_sft.config import Config, DataConfig, LongMode, OnError, Padding
+from vicuna_sft.config import Config, DataConfig, LongMode, OnError, Padding, Reasoning, TrainOn
 from vicuna_sft.data import cache
 from vicuna_sft.data.dataset import build_datasets
 
@@ -73,8 +73,10 @@ def test_key_changes_with_every_input_and_nothing_else(bpe_tokenizer, data_file,
     changed = {
         "max_length": with_data(max_length=129),
         "long": with_data(long=LongMode.split),
-        # one template exists (vicuna_v1.1); a stand-in value shows the key reads it
-        "template": with_data(template=types.SimpleNamespace(value="other")),
+        "template": with_data(template="chatml"),
+        "template_kwargs": with_data(template_kwargs={"enable_thinking": False}),
+        "train_on": with_data(train_on=TrainOn.last),
+        "reasoning": with_data(reasoning=Reasoning.split),
         "on_error": with_data(on_error=OnError["skip"]),
         "eval_fraction": with_data(eval_fraction=0.1),
         "weight": with_data(path=[{"path": data_file, "weight": 2.0}]),
@@ -99,7 +101,18 @@ def test_key_changes_with_every_input_and_nothing_else(bpe_tokenizer, data_file,
     )
     assert all(key(cfg, bpe_tokenizer) == k0 for cfg in unchanged)
     fields = {f.name for f in dataclasses.fields(DataConfig)}
-    in_key = {"path", "eval_path", "eval_fraction", "template", "max_length", "long", "on_error"}
+    in_key = {
+        "path",
+        "eval_path",
+        "eval_fraction",
+        "template",
+        "template_kwargs",
+        "train_on",
+        "reasoning",
+        "max_length",
+        "long",
+        "on_error",
+    }
     assert fields == in_key | set(NOT_IN_KEY)  # a new field must be classified here
 
     # one byte of the data file

@@ -126,7 +126,7 @@ def test_clean_command_writes_records_training_reads(tmp_path, capsys):
     from vicuna_sft.data.records import load_conversations
 
     convs, stats = load_conversations(str(tmp_path / "clean.json"), skip_errors=False)
-    assert [c.turns for c in convs] == [(("Hi", CODE_MD),)] and stats.read == 1
+    assert [c.pairs for c in convs] == [(("Hi", CODE_MD),)] and stats.read == 1
 
 
 def test_identity_command(tmp_path, capsys):

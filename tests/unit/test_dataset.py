@@ -4,10 +4,11 @@ seeded and disjoint; padded batches take their mask from lengths, never from the
 import json
 
 import torch
+from vicuna_reference import render, vicuna_encoder
 
 from vicuna_sft.config import DataConfig, Padding
 from vicuna_sft.data.collate import Collator
-from vicuna_sft.data.conversation import Conversation, render
+from vicuna_sft.data.conversation import Conversation
 from vicuna_sft.data.dataset import NO_TRAINED_TOKENS, build_datasets
 from vicuna_sft.data.encode import IGNORE_INDEX
 
@@ -70,14 +71,15 @@ def test_longest_padding_gives_the_unpadded_loss(tiny_dir, bpe_tokenizer):
     """Right padding with a length mask changes nothing for the real tokens (fp32)."""
     from transformers import AutoModelForCausalLM
 
-    from vicuna_sft.data.encode import Encoder
-
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="eager")
-    enc = Encoder(bpe_tokenizer, 256)
-    short = enc.encode(Conversation("s", "sys", (("Hi", "Hello there"),)))
-    long = enc.encode(Conversation("l", "sys", (("What is 2 plus 2?", "2 plus 2 is 4."), ("More", "Sure."))))
+    enc = vicuna_encoder(bpe_tokenizer, 256)
+    short = enc.encode(Conversation.of("s", "sys", (("Hi", "Hello there"),)))
+    long = enc.encode(
+        Conversation.of("l", "sys", (("What is 2 plus 2?", "2 plus 2 is 4."), ("More", "Sure.")))
+    )
     assert (
-        bpe_tokenizer(render(Conversation("s", "sys", (("Hi", "Hello there"),)))).input_ids == short.input_ids
+        bpe_tokenizer(render(Conversation.of("s", "sys", (("Hi", "Hello there"),)))).input_ids
+        == short.input_ids
     )
     batch = Collator(0, Padding.longest)(
         [{"input_ids": e.input_ids, "labels": e.labels} for e in (short, long)]

@@ -116,6 +116,32 @@ def test_fingerprint_names_what_changed(make, tmp_path):
     checkpoint.check_compatible(str(ckpt), changed, allow_change=True)  # told to: warns only
 
 
+def test_resume_across_safe_changes_only(make, tmp_path, caplog):
+    """A longer (or shorter) run and safe trainer.args resume; anything else is refused with a
+    suggestion that is itself safe first (issue 21, item 4)."""
+    ckpt = tmp_path / "run" / "checkpoint-4"
+    ckpt.mkdir(parents=True)
+    checkpoint.write_fingerprint(str(ckpt), checkpoint.run_fingerprint(make("trainer.max_steps=4"), 1))
+    longer = make("trainer.max_steps=6", "trainer.num_train_epochs=5", "trainer.args.eval_on_start=true")
+    with caplog.at_level(logging.INFO):
+        checkpoint.check_compatible(str(ckpt), checkpoint.run_fingerprint(longer, 1), allow_change=False)
+    assert "trainer.max_steps: 4 in the checkpoint, 6 now" in caplog.text
+    assert "trainer.args.eval_on_start: None in the checkpoint, True now" in caplog.text
+    for override in ("optimizer.lr=1e-3", "trainer.args.neftune_noise_alpha=5"):
+        with pytest.raises(UserError) as e:
+            checkpoint.check_compatible(
+                str(ckpt), checkpoint.run_fingerprint(make("trainer.max_steps=6", override), 1), False
+            )
+        text = str(e.value)
+        assert "trainer.max_steps" not in text  # only what blocks the resume is listed
+        suggestions = text.splitlines()[-1]
+        assert (
+            suggestions.index(f"hydra.run.dir={tmp_path / 'run'}-2")
+            < suggestions.index("trainer.resume=never")
+            < suggestions.index("trainer.resume_on_config_change=true")
+        )
+
+
 def _checkpoint(root, step, complete=True):
     d = root / f"checkpoint-{step}"
     d.mkdir()
@@ -188,6 +214,14 @@ def test_rotation_keeps_the_newest_complete_checkpoints_only(tmp_path):
     assert [s for s, _ in checkpoint.checkpoints(str(tmp_path))] == [6, 8]
     checkpoint.rotate(str(tmp_path), keep=None)
     assert [s for s, _ in checkpoint.checkpoints(str(tmp_path))] == [6, 8]
+
+
+def test_rotation_keeps_the_best_checkpoint(tmp_path):
+    """trainer.args.load_best_model_at_end loads state.best_model_checkpoint at the end (issue 21)."""
+    for step in (2, 4, 6):
+        _checkpoint(tmp_path, step)
+    checkpoint.rotate(str(tmp_path), keep=1, protect=str(tmp_path / "checkpoint-2"))
+    assert [s for s, _ in checkpoint.checkpoints(str(tmp_path))] == [2, 6]
 
 
 def test_alone_means_no_store_and_no_checks(make, monkeypatch):

@@ -79,8 +79,11 @@ def test_bad_jsonl_line_names_the_line(tmp_path):
 
 
 def test_record_without_conversations(tmp_path):
-    path = write_json(tmp_path / "d.json", [GOOD, {"id": "x1", "messages": []}])
-    with pytest.raises(DataError, match=r"d\.json: record 1 \(id='x1'\): missing the 'conversations' field"):
+    path = write_json(tmp_path / "d.json", [GOOD, {"id": "x1", "turns": []}])
+    with pytest.raises(
+        DataError,
+        match=r"d\.json: record 1 \(id='x1'\): missing the 'conversations' \(ShareGPT\) or 'messages' \(OpenAI\) field",
+    ):
         load_conversations(path, skip_errors=False)
 
 
@@ -124,7 +127,7 @@ def test_jsonl_with_raw_unicode_line_separator_inside_a_string(tmp_path, sep):
     path.write_text(json.dumps(GOOD) + "\n" + json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
     assert sep in path.read_text(encoding="utf-8")  # raw, not escaped
     kept, stats = load_conversations(str(path), skip_errors=False)
-    assert [c.turns for c in kept] == [(("Hi", "Hello!"),), ((f"one{sep}two", f"three{sep}four"),)]
+    assert [c.pairs for c in kept] == [(("Hi", "Hello!"),), ((f"one{sep}two", f"three{sep}four"),)]
     assert (stats.read, dict(stats.dropped)) == (2, {})
 
 
@@ -134,7 +137,7 @@ def test_utf8_bom_is_accepted(tmp_path, suffix):
     text = json.dumps([GOOD]) if suffix == ".json" else json.dumps(GOOD) + "\n"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
     kept, _ = load_conversations(str(path), skip_errors=False)
-    assert [(c.id, c.turns) for c in kept] == [("ok", (("Hi", "Hello!"),))]
+    assert [(c.id, c.pairs) for c in kept] == [("ok", (("Hi", "Hello!"),))]
 
 
 def test_not_utf8_names_the_file_and_byte(tmp_path):
@@ -196,7 +199,7 @@ def test_empty_eval_file_says_it_holds_no_records(tmp_path, bpe_tokenizer):
 
 
 BAD_RECORDS = [
-    {"id": "b1", "messages": []},
+    {"id": "b1", "turns": []},
     {"id": "b2", "conversations": convs(("human", "Hi"), ("bot", "Hello"))},
     {"id": "b3", "conversations": convs(("human", "Hi"), ("gpt", None))},
     {"id": "b4", "conversations": convs(("human", "Hi"))},
@@ -210,6 +213,35 @@ SKIPPED = {
     "no_assistant_reply": 1,
     "empty_message": 1,
 }
+
+
+def test_bad_records_are_reported_together_up_to_five_with_the_skip_setting(tmp_path):
+    """Issue 21, item 7: one run names the first five bad records, counts all by reason, and
+    names data.on_error=skip (it used to stop at the first)."""
+    extra = {"id": "b7", "conversations": convs(("human", "Hi"), ("bot", "Yo"))}
+    path = write_json(tmp_path / "d.json", [GOOD, *BAD_RECORDS, GOOD, extra])
+    with pytest.raises(DataError) as e:
+        load_conversations(path, skip_errors=False)
+    lines = str(e.value).splitlines()
+    assert lines[0] == (
+        f"{path}: 7 bad records (unknown_role 3, no_conversations 1, non_string_value 1, "
+        "no_assistant_reply 1, empty_message 1):"
+    )
+    assert (
+        lines[1]
+        == "  record 1 (id='b1'): missing the 'conversations' (ShareGPT) or 'messages' (OpenAI) field"
+    )
+    assert [line.split(":")[0].strip() for line in lines[1:6]] == [
+        f"record {i} (id='b{i}')" for i in range(1, 6)
+    ]
+    assert lines[6:] == ["  ... and 2 more", "fix them, or set data.on_error=skip to skip and count them"]
+    one = write_json(tmp_path / "one.json", [GOOD, BAD_RECORDS[1]])
+    with pytest.raises(
+        DataError,
+        match=r"^\S+: record 1 \(id='b2'\): message 1: unknown role 'bot' .*; fix them, "
+        r"or set data.on_error=skip to skip and count them$",
+    ):
+        load_conversations(one, skip_errors=False)
 
 
 def test_on_error_skip_counts_skipped_records_by_reason(tmp_path, bpe_tokenizer):
@@ -272,7 +304,7 @@ def test_cli_unknown_group_key_added_with_plus_is_refused(tmp_path, cli, prefix)
     )
     assert_clean_failure(r, "vicuna_sft: error: unknown config key(s): ")
     (line,) = [x for x in r.stderr.splitlines() if x.startswith("vicuna_sft: error:")]
-    assert "data.tempalte (did you mean data.template?)" in line
+    assert "data.tempalte (did you mean data.template" in line
     assert (
         "trainer.totally_bogus, trainer.torch_compile (trainer has: output_dir, per_device_train_batch_size,"
         in line
@@ -340,7 +372,7 @@ def test_cli_model_path_that_does_not_exist(tmp_path, cli):
 def test_cli_missing_data_file(tmp_path, cli):
     missing = tmp_path / "sharegpt.json"
     r = cli("data=sharegpt", f"data.path={missing}")
-    assert_clean_failure(r, f"vicuna_sft: error: {missing}: data file not found")
+    assert_clean_failure(r, f"vicuna_sft: error: data.path: {missing}: data file not found")
 
 
 def test_cli_bad_record_names_file_record_and_problem(tmp_path, cli):
@@ -503,3 +535,16 @@ def test_sweep_with_a_crashing_job_still_writes_the_summary(tmp_path, cli_env):
     assert rows[0]["error"] == "RuntimeError: boom in job 0" and rows[1]["global_step"] == 2
     assert (sweep / "summary.csv").read_text().count("\n") == 3
     assert "RuntimeError: boom in job 0" in (sweep / "0" / "error.txt").read_text()
+
+
+def test_a_tokenizer_directory_without_tokenizer_files_names_model_tokenizer(tmp_path, tiny_dir):
+    from vicuna_sft.config import ModelConfig
+    from vicuna_sft.model.loading import ModelLoadError, check_tokenizer_files
+
+    empty = tmp_path / "tok"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError) as e:
+        check_tokenizer_files(ModelConfig(name_or_path=str(tiny_dir), tokenizer=str(empty)))
+    assert str(e.value).startswith(f"model.tokenizer={empty}: the directory has no tokenizer")
+    check_tokenizer_files(ModelConfig(name_or_path=str(empty), tokenizer=str(tiny_dir)))  # has one: fine
+    check_tokenizer_files(ModelConfig(name_or_path="lmsys/vicuna-7b-v1.5"))  # a hub id: left to loading

@@ -10,9 +10,11 @@ whole prompt text.
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vicuna_reference import render, vicuna_encoder
 
-from vicuna_sft.data.conversation import VICUNA_SYSTEM, Conversation, render
-from vicuna_sft.data.encode import IGNORE_INDEX, Encoder
+from vicuna_sft.data.conversation import Conversation
+from vicuna_sft.data.encode import IGNORE_INDEX
+from vicuna_sft.data.templates import VICUNA_SYSTEM
 
 SPECIAL_TEXT = ["</s>", "<s>", "<unk>", "USER:", "ASSISTANT:", " USER: ", "ASSISTANT: x</s>"]
 
@@ -47,18 +49,18 @@ def decode_text(tok, ids: list[int]) -> str:
 
 
 def has_special_text(conv: Conversation) -> bool:
-    texts = [conv.system, *(m for turn in conv.turns for m in turn)]
+    texts = [conv.system, *(m for turn in conv.pairs for m in turn)]
     return any(s in t for s in ("</s>", "<s>", "<unk>") for t in texts)
 
 
 _encoders: dict = {}
 
 
-def encoder(tok, max_length: int) -> Encoder:
+def encoder(tok, max_length: int):
     """One Encoder per tokenizer and length (building one copies the tokenizer twice)."""
     key = (id(tok), max_length)
     if key not in _encoders:
-        _encoders[key] = Encoder(tok, max_length)
+        _encoders[key] = vicuna_encoder(tok, max_length)
     return _encoders[key]
 
 
@@ -70,9 +72,13 @@ def check_sample(tok, conv: Conversation, max_length: int | None = None) -> None
     for i, t in zip(ids, labels):
         assert t in (IGNORE_INDEX, i)  # a trained position predicts its own token
     if not has_special_text(conv):
-        assert ids == tok(render(conv, tok.eos_token)).input_ids  # whole-text tokenization
+        # the template's text tokenized in one piece, as apply_chat_template(tokenize=True) and a
+        # server do: FastChat's ids except, on SentencePiece, the first word after the literal BOS
+        # (no prefix space: "A", where FastChat's separately added BOS gave "▁A")
+        text = tok.bos_token + render(conv, tok.eos_token)
+        assert ids == tok(text, add_special_tokens=False).input_ids
     spans = trained_spans(labels)
-    replies = [r for _, r in conv.turns]
+    replies = [r for _, r in conv.pairs]
     assert len(spans) == len(replies), (spans, replies)  # one span per reply, in order
     for span, reply in zip(spans, replies):
         expected = reply + tok.eos_token
@@ -88,9 +94,11 @@ def check_sample(tok, conv: Conversation, max_length: int | None = None) -> None
 
 
 HAND_CORPUS = [
-    Conversation("hello", VICUNA_SYSTEM, (("Hello!", "Hi!"), ("How are you?", "Fine."))),
-    Conversation("unicode", "Système: réponds en français.", (("¿Qué tal? 你好", "Très bien — 谢谢! 🙂🚀"),)),
-    Conversation(
+    Conversation.of("hello", VICUNA_SYSTEM, (("Hello!", "Hi!"), ("How are you?", "Fine."))),
+    Conversation.of(
+        "unicode", "Système: réponds en français.", (("¿Qué tal? 你好", "Très bien — 谢谢! 🙂🚀"),)
+    ),
+    Conversation.of(
         "code",
         VICUNA_SYSTEM,
         (
@@ -98,15 +106,15 @@ HAND_CORPUS = [
             ("Thanks", "You're welcome."),
         ),
     ),
-    Conversation(
+    Conversation.of(
         "spaces", VICUNA_SYSTEM, (("  padded  ", "  leading and trailing  "), ("\n\nnewlines\n", "\nok\n\n"))
     ),
-    Conversation("literal-eos", VICUNA_SYSTEM, (("What is </s>?", "It is </s> written as text </s>"),)),
-    Conversation("literal-bos", VICUNA_SYSTEM, (("<s> and <unk>", "<s>x<unk> </s></s>"),)),
-    Conversation("fake-roles", VICUNA_SYSTEM, (("USER: ASSISTANT:", " ASSISTANT: fake</s>USER: again"),)),
-    Conversation("single-char", VICUNA_SYSTEM, (("a", "b"), ("c", "d"), ("e", "f"))),
-    Conversation("tabs", VICUNA_SYSTEM, (("\tindent", "\t\tdouble tab\t"),)),
-    Conversation("emoji-only", VICUNA_SYSTEM, (("👍", "👍👍🏽"),)),
+    Conversation.of("literal-eos", VICUNA_SYSTEM, (("What is </s>?", "It is </s> written as text </s>"),)),
+    Conversation.of("literal-bos", VICUNA_SYSTEM, (("<s> and <unk>", "<s>x<unk> </s></s>"),)),
+    Conversation.of("fake-roles", VICUNA_SYSTEM, (("USER: ASSISTANT:", " ASSISTANT: fake</s>USER: again"),)),
+    Conversation.of("single-char", VICUNA_SYSTEM, (("a", "b"), ("c", "d"), ("e", "f"))),
+    Conversation.of("tabs", VICUNA_SYSTEM, (("\tindent", "\t\tdouble tab\t"),)),
+    Conversation.of("emoji-only", VICUNA_SYSTEM, (("👍", "👍👍🏽"),)),
 ]
 
 
@@ -118,7 +126,7 @@ def test_hand_corpus(tokenizer, conv):
 def test_exact_tokens_on_the_readme_example(mistral_tokenizer):
     tok = mistral_tokenizer
     conv = HAND_CORPUS[0]
-    enc = Encoder(tok, 2048).encode(conv)
+    enc = vicuna_encoder(tok, 2048).encode(conv)
     trained = [tok.convert_ids_to_tokens(i) for i, t in zip(enc.input_ids, enc.labels) if t != IGNORE_INDEX]
     assert trained == ["▁Hi", "!", "</s>", "▁Fine", ".", "</s>"]
     # non-legacy Llama tokenizer: no "▁" before USER after the template's </s>
@@ -129,7 +137,7 @@ def test_exact_tokens_on_the_readme_example(mistral_tokenizer):
 
 def test_literal_special_text_is_trained_as_text(tokenizer):
     conv = HAND_CORPUS[4]
-    enc = Encoder(tokenizer, 2048).encode(conv)
+    enc = vicuna_encoder(tokenizer, 2048).encode(conv)
     # exactly one EOS per reply (the template's), although the messages contain "</s>" three times
     assert enc.input_ids.count(tokenizer.eos_token_id) == 1
     assert [t for t in enc.labels if t == tokenizer.eos_token_id] == [tokenizer.eos_token_id]
@@ -137,9 +145,9 @@ def test_literal_special_text_is_trained_as_text(tokenizer):
 
 @pytest.mark.parametrize("max_length", [24, 40, 57, 80])
 def test_truncation(tokenizer, max_length):
-    conv = Conversation("long", VICUNA_SYSTEM, (("Tell me", "word " * 30), ("More", "words " * 30)))
-    full = Encoder(tokenizer, 10_000).encode(conv)
-    cut = Encoder(tokenizer, max_length).encode(conv)
+    conv = Conversation.of("long", VICUNA_SYSTEM, (("Tell me", "word " * 30), ("More", "words " * 30)))
+    full = vicuna_encoder(tokenizer, 10_000).encode(conv)
+    cut = vicuna_encoder(tokenizer, max_length).encode(conv)
     assert cut.truncated and len(cut.input_ids) == max_length
     assert cut.input_ids == full.input_ids[:max_length]
     assert cut.labels == full.labels[:max_length]  # labels truncated consistently
@@ -148,13 +156,15 @@ def test_truncation(tokenizer, max_length):
 # --- property test over generated conversations -------------------------------------------------
 
 _pieces = st.one_of(
-    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=12),
+    st.text(
+        alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Co")), min_size=1, max_size=12
+    ),
     st.text(alphabet="abc xyz\n\t.,!?'\"`#-_=()[]{}0123456789", min_size=1, max_size=20),
     st.sampled_from([*SPECIAL_TEXT, "🙂", "👍🏽", "你好", "é", "```\ncode\n```", "  ", "\n", " x "]),
 )
 _message = st.lists(_pieces, min_size=1, max_size=6).map("".join).filter(lambda s: s.strip() != "")
 _conversation = st.builds(
-    lambda sys, turns: Conversation("gen", sys or VICUNA_SYSTEM, tuple(turns)),
+    lambda sys, turns: Conversation.of("gen", sys or VICUNA_SYSTEM, tuple(turns)),
     st.one_of(st.none(), _message),
     st.lists(st.tuples(_message, _message), min_size=1, max_size=4),
 )

@@ -89,3 +89,33 @@ def test_callback_draws_at_save_at_the_end_and_after_the_final_eval_on_rank_0_on
     history.append({"eval_loss": 3.9, "step": 12})  # the run's final eval, after training
     cb.on_evaluate(args, rank0, None)
     assert not np.array_equal(matplotlib.image.imread(plot), at_end)
+
+
+def test_the_lr_curve_has_every_step_not_only_the_logged_ones(tmp_path):
+    """Issue 21, item 9: a 2-step warmup logged every 5 steps was drawn as a 5-step ramp."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from vicuna_sft.training.plots import LossPlot
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / 2))  # 2 warmup steps
+    history = [{"loss": 3.0, "learning_rate": 0.0, "step": 0}]
+    state = SimpleNamespace(is_world_process_zero=True, log_history=history, global_step=0)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    cb = LossPlot()
+    cb.on_train_begin(args, state, None)
+    for step in range(1, 11):
+        opt.step()
+        sched.step()
+        state.global_step = step
+        cb.on_step_end(args, state, None, lr_scheduler=sched)
+        if step % 5 == 0:
+            history.append({"loss": 3.0 - step / 10, "learning_rate": sched.get_last_lr()[0], "step": step})
+    lr = lines_by_label(loss_figure(history, lr_per_step=cb.lr))[LEARNING_RATE]
+    assert list(lr.get_xdata()) == list(range(0, 11))  # the logged step 0, then every step
+    assert list(lr.get_ydata())[:4] == [0.0, 5e-3, 1e-2, 1e-2]  # the ramp ends at step 2, not 5
+    # resumed at step 10: the steps before come from the log, the later ones from the scheduler
+    x = lines_by_label(loss_figure(history, lr_per_step={11: 1e-2, 12: 1e-2}))[LEARNING_RATE].get_xdata()
+    assert list(x) == [0, 5, 10, 11, 12]

@@ -9,6 +9,7 @@ import pathlib
 import re
 
 import pytest
+from vicuna_reference import vicuna_encoder
 
 from vicuna_sft.data.records import to_conversation
 from vicuna_sft.preprocess import ANSI_RESET, ANSI_TRAINED, highlight, trained_spans
@@ -96,7 +97,7 @@ def test_preview_highlights_exactly_the_assistant_replies(sample_run, sample_pat
         text = text.rstrip("\n")  # each sample ends with </s>, then a blank line
         assert f"id={row['id']}" in header
         conv, _ = to_conversation(records[row["id"]], source="sample", index=0)
-        replies = [reply for _, reply in conv.turns]
+        replies = [reply for _, reply in conv.pairs]
         spans = MARKED.findall(text)
         assert len(spans) == len(replies)
         for span, reply in zip(spans, replies):
@@ -148,10 +149,9 @@ def test_truncation_and_skips_are_counted(tmp_path, run_module, sample_path):
 
 def test_highlight_colors_on_a_terminal_and_keeps_sentencepiece_spaces(mistral_tokenizer):
     from vicuna_sft.data.conversation import Conversation
-    from vicuna_sft.data.encode import Encoder
 
-    conv = Conversation("c", "Be brief.", (("Hi there", "Hello, friend!"), ("And you?", "Fine.\n  ok")))
-    enc = Encoder(mistral_tokenizer, 256).encode(conv)
+    conv = Conversation.of("c", "Be brief.", (("Hi there", "Hello, friend!"), ("And you?", "Fine.\n  ok")))
+    enc = vicuna_encoder(mistral_tokenizer, 256).encode(conv)
     plain = highlight(mistral_tokenizer, enc.input_ids, enc.labels, color=False)
     assert MARKED.findall(plain) == [" Hello, friend!\u27e8</s>\u27e9", " Fine.\n  ok\u27e8</s>\u27e9"]
     assert as_decoded(plain) == mistral_tokenizer.decode(enc.input_ids)
@@ -162,12 +162,11 @@ def test_highlight_colors_on_a_terminal_and_keeps_sentencepiece_spaces(mistral_t
 @pytest.mark.parametrize("tokenizer", ["mistral_tokenizer", "bpe_tokenizer"])
 def test_preview_shows_special_tokens_distinctly_and_escapes_control_characters(tokenizer, request):
     from vicuna_sft.data.conversation import Conversation
-    from vicuna_sft.data.encode import Encoder
 
     tok = request.getfixturevalue(tokenizer)
     user = "Type </s> and NUL \x00, ESC \x1b[31mred\r, \u202eevil, \u27e8x\u27e9 a\\x00"
-    conv = Conversation("c", "Be brief.", ((user, "ok </s> done"),))
-    enc = Encoder(tok, 256).encode(conv)
+    conv = Conversation.of("c", "Be brief.", ((user, "ok </s> done"),))
+    enc = vicuna_encoder(tok, 256).encode(conv)
     for color in (False, True):
         shown = highlight(tok, enc.input_ids, enc.labels, color=color)
         if color:
@@ -201,3 +200,29 @@ def test_help_and_typos(tmp_path, run_module):
     bad = run_module("vicuna_sft.preprocess", "preprocess.shw=2", cwd=tmp_path)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "Key 'shw' not in 'PreprocessOptions'" in bad.stderr
+
+
+def test_preprocess_outputs_are_per_model_and_tokenizer(tmp_path):
+    """One model's `preprocess` never overwrites another's encoded files (issue 21, item 1)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vicuna_sft.config import register_configs
+    from vicuna_sft.preprocess import register_preprocess_configs
+
+    register_preprocess_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="vicuna_sft.conf", version_base="1.3"):
+            dirs = [
+                compose("preprocess", overrides=list(o), return_hydra_config=True).hydra.run.dir
+                for o in ((), ("model.name_or_path=/m/other",), ("model.tokenizer=/t/spm",))
+            ]
+    finally:
+        GlobalHydra.instance().clear()
+        register_configs()  # the training schema again, for whatever composes next
+    assert dirs == [
+        "outputs/preprocess/tiny_sample",
+        "outputs/preprocess/other_sample",
+        "outputs/preprocess/tiny-tok-spm_sample",
+    ]

@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from vicuna_sft.config import DataConfig, register_configs, to_config
-from vicuna_sft.data.conversation import VICUNA_SYSTEM
 from vicuna_sft.data.dataset import build_datasets, report_data
 from vicuna_sft.data.sources import apply_weights, data_digests, file_digest
+from vicuna_sft.data.templates import VICUNA_SYSTEM
 from vicuna_sft.errors import UserError
 from vicuna_sft.validation import ConfigError, validate
 

@@ -14,19 +14,21 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_labels import _conversation, check_sample
+from vicuna_reference import vicuna_encoder
 
 from vicuna_sft.config import DataConfig, LongMode
-from vicuna_sft.data.conversation import VICUNA_SYSTEM, Conversation
+from vicuna_sft.data.conversation import Conversation
 from vicuna_sft.data.dataset import NO_TRAINED_TOKENS, build_datasets
-from vicuna_sft.data.encode import IGNORE_INDEX, Encoder
+from vicuna_sft.data.encode import IGNORE_INDEX
+from vicuna_sft.data.templates import VICUNA_SYSTEM
 
 _encoders: dict = {}
 
 
-def encoder(tok, max_length: int, long: LongMode = LongMode.split) -> Encoder:
+def encoder(tok, max_length: int, long: LongMode = LongMode.split):
     key = (id(tok), max_length, long)
     if key not in _encoders:
-        _encoders[key] = Encoder(tok, max_length, long)
+        _encoders[key] = vicuna_encoder(tok, max_length, long)
     return _encoders[key]
 
 
@@ -37,14 +39,14 @@ def trained(labels: list[int]) -> list[int]:
 def check_split(tok, conv: Conversation, max_length: int) -> None:
     pieces = encoder(tok, max_length).split(conv)
     whole = encoder(tok, 100_000).encode(conv)
-    assert pieces[0].turns[0] == 0 and pieces[-1].turns[1] == len(conv.turns)
+    assert pieces[0].turns[0] == 0 and pieces[-1].turns[1] == len(conv.pairs)
     assert all(a.turns[1] == b.turns[0] for a, b in itertools.pairwise(pieces))  # contiguous, in order
     kept_plus_lost = []
     for p in pieces:
         start, end = p.turns
         assert end > start
         assert 0 < len(p.input_ids) <= max_length and len(p.labels) == len(p.input_ids)
-        sub = Conversation(conv.id, conv.system, conv.turns[start:end])
+        sub = Conversation.of(conv.id, conv.system, conv.pairs[start:end])
         full = encoder(tok, 100_000).encode(sub)  # untruncated encoding of the piece's turns
         check_sample(tok, sub)  # exact labels, whole-text ids: BOS + system prompt first
         assert p.input_ids == full.input_ids[:max_length] and p.labels == full.labels[:max_length]
@@ -56,7 +58,7 @@ def check_split(tok, conv: Conversation, max_length: int) -> None:
             assert p.lost_tokens == 0 and p.trained_tokens > 0  # no empty piece
         kept_plus_lost += trained(full.labels)
     for prev, p in itertools.pairwise(pieces):  # greedy: a new piece only when the next turn did not fit
-        grown = Conversation("", conv.system, conv.turns[prev.turns[0] : p.turns[0] + 1])
+        grown = Conversation.of("", conv.system, conv.pairs[prev.turns[0] : p.turns[0] + 1])
         assert len(encoder(tok, 100_000).encode(grown).input_ids) > max_length
     assert kept_plus_lost == trained(whole.labels)  # every reply token is in some piece
     assert sum(p.trained_tokens + p.lost_tokens for p in pieces) == whole.trained_tokens
@@ -83,14 +85,14 @@ def _turn(n_words: int, word: str) -> str:
 def _lengths(tok, conv: Conversation) -> list[int]:
     """Token count of each piece [0, k) for k = 1..n, to place max_length exactly."""
     return [
-        len(encoder(tok, 100_000).encode(Conversation("", conv.system, conv.turns[:k])).input_ids)
-        for k in range(1, len(conv.turns) + 1)
+        len(encoder(tok, 100_000).encode(Conversation.of("", conv.system, conv.pairs[:k])).input_ids)
+        for k in range(1, len(conv.pairs) + 1)
     ]
 
 
 def test_fastchat_bug_tail_kept_when_the_last_pair_overflows(bpe_tokenizer):
     """FastChat dropped the rest of a conversation once its last pair overflowed."""
-    conv = Conversation(
+    conv = Conversation.of(
         "c", VICUNA_SYSTEM, (("a", _turn(20, "x")), ("b", _turn(20, "y")), ("c", _turn(10, "z")))
     )
     two, three = _lengths(bpe_tokenizer, conv)[1:]
@@ -142,7 +144,7 @@ def test_fastchat_bug_no_empty_sample_when_the_first_pair_is_too_long(bpe_tokeni
 
 
 def test_truncate_mode_keeps_one_sample_and_counts_what_it_cuts(bpe_tokenizer):
-    conv = Conversation("c", VICUNA_SYSTEM, (("a", _turn(40, "x")), ("b", _turn(40, "y"))))
+    conv = Conversation.of("c", VICUNA_SYSTEM, (("a", _turn(40, "x")), ("b", _turn(40, "y"))))
     [[cut]] = encoder(bpe_tokenizer, 64, LongMode.truncate).samples([conv])
     whole = encoder(bpe_tokenizer, 100_000).encode(conv)
     assert cut.truncated and cut.trained_tokens + cut.lost_tokens == whole.trained_tokens

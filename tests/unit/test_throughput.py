@@ -1,6 +1,8 @@
 """Throughput numbers: the FLOPs formula against real model instances, the device peaks, the
 per-batch counts for padded and packed batches, and tokens/s from a counted, timed run."""
 
+import re
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -176,3 +178,21 @@ def test_mfu_arithmetic(tiny_dir):
     flops = cb.flops_model.flops(10, 9 + 25 + 4)
     assert m["mfu"] == pytest.approx(flops / (seconds * 1e9 * 2), abs=1e-4)
     cb.on_train_end(args, state, None)
+
+
+def test_the_progress_bar_shows_one_eta(capsys):
+    """Issue 21, item 8: tqdm's `<remaining` and our `eta` disagreed on the same bar."""
+    from types import SimpleNamespace
+
+    from vicuna_sft.training.throughput import EtaProgress
+
+    cb, args = EtaProgress(), SimpleNamespace()
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=10, global_step=0)
+    cb.on_train_begin(args, state, None)
+    for _ in range(3):
+        state.global_step += 1
+        cb.on_step_end(args, state, None)
+    bar = str(cb.training_bar)
+    cb.training_bar.close()
+    assert "3/10 [" in bar and re.search(r"eta \d+:\d\d:\d\d\]$", bar), bar
+    assert "<" not in bar, bar  # no second, tqdm-estimated remaining time

@@ -5,6 +5,9 @@
 - `apply_chat_template(sanitize_control_tokens=True)` (5.20+) keeps a special token's text typed in
   a message (a literal "</s>") as text. Older releases swallow the keyword silently, so the text
   would become the token itself: refused there rather than silently wrong.
+- A chat template compiled in transformers' own Jinja environment (`_compile_jinja_template`,
+  cached): the data encoder renders through it, so training text is what `apply_chat_template`
+  renders, without its per-call overhead.
 - The internals the package leans on: a model's `_no_split_modules` (its decoder layer class,
   what FSDP wraps); the Trainer's `_save_checkpoint` (the one place a checkpoint is written, so a
   failed write can be turned into one line); which modeling modules pass learned attention sinks
@@ -60,6 +63,14 @@ def chat_template_ids(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: 
                 )
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
     return list(out["input_ids"])
+
+
+def compiled_chat_template(source: str) -> Any:
+    """The Jinja template object `apply_chat_template` renders `source` with (same sandbox, filters
+    and globals: `raise_exception`, `tojson`, `strftime_now`, trim_blocks/lstrip_blocks)."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    return _compile_jinja_template(source)
 
 
 def no_split_modules(model: Any) -> list[str]:

@@ -73,7 +73,7 @@ def compute_stats(cfg: Any, tokenizer: Any, seed: int) -> dict[str, Any]:
 
     from ..config import LongMode
     from .dataset import read_splits
-    from .encode import Encoder
+    from .encode import IGNORE_INDEX, Encoder
 
     d = replace(cfg, lazy=False)
     train, evals, records = read_splits(d, seed)
@@ -81,26 +81,33 @@ def compute_stats(cfg: Any, tokenizer: Any, seed: int) -> dict[str, Any]:
         "records": records,
         "max_length": d.max_length,
         "long": d.long.value,
+        "template": d.template,
         "tokenizer": tokenizer.name_or_path,
     }
-    whole = Encoder(tokenizer, d.max_length, LongMode.truncate)
-    splitter = Encoder(tokenizer, d.max_length, LongMode.split)
+    whole = Encoder.for_data(d, tokenizer, max_length=1 << 40, long=LongMode.truncate)  # never cuts
+    splitter = Encoder.for_data(d, tokenizer, long=LongMode.split)
+    n = d.max_length
     for name, convs in (("train", train), ("eval", evals)):
         if not convs:
             continue
         truncated = lost_truncate = 0
         split_convs = pieces = pairs_cut = lost_split = 0
+        full = []
         for start in range(0, len(convs), 256):
             batch = convs[start : start + 256]
-            for e in whole.encode_batch(batch):
-                truncated += e.truncated
-                lost_truncate += e.lost_tokens
+            for samples in whole.samples(batch):
+                for e in samples:
+                    if e.dropped:
+                        continue
+                    full.append(len(e.input_ids))
+                    truncated += len(e.input_ids) > n
+                    lost_truncate += sum(1 for t in e.labels[n:] if t != IGNORE_INDEX)
             for conv_pieces in splitter.samples(batch):
+                conv_pieces = [p for p in conv_pieces if not p.dropped]
                 split_convs += len(conv_pieces) > 1
                 pieces += len(conv_pieces)
                 pairs_cut += sum(p.truncated for p in conv_pieces)
                 lost_split += sum(p.lost_tokens for p in conv_pieces)
-        full = [len(ids) for ids, _ in whole._encode_untruncated(convs)]
         out[name] = {
             "conversations": len(convs),
             "turns": _percentiles([len(c.turns) for c in convs]),

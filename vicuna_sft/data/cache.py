@@ -41,7 +41,15 @@ log = logging.getLogger(__name__)
 STATS_FILE, KEY_FILE, MANIFEST_FILE = "stats.json", "key.json", "manifest.json"
 LEADER_GRACE_S = 30.0
 # the modules whose code decides the encoded samples (a change to any of them is a new entry)
-CODE_FILES = ("conversation.py", "encode.py", "records.py", "sources.py", "dataset.py", "cache.py")
+CODE_FILES = (
+    "conversation.py",
+    "templates.py",
+    "encode.py",
+    "records.py",
+    "sources.py",
+    "dataset.py",
+    "cache.py",
+)
 # files of a tokenizer directory that can change how text is tokenized (weights are not among them)
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -84,6 +92,8 @@ def tokenizer_digest(tokenizer: Any) -> str:
 
 def key_inputs(cfg: DataConfig, tokenizer: Any, seed: int) -> dict[str, Any]:
     """Everything the encoded train/eval datasets depend on."""
+    from .templates import resolve
+
     srcs = sources.key_inputs(cfg)
     uses_seed = (not cfg.eval_path and cfg.eval_fraction > 0) or any(s["weight"] % 1 for s in srcs)
     return {
@@ -93,7 +103,14 @@ def key_inputs(cfg: DataConfig, tokenizer: Any, seed: int) -> dict[str, Any]:
         else {"fraction": cfg.eval_fraction},
         "seed": seed if uses_seed else None,
         "on_error": cfg.on_error.value,
-        "template": cfg.template.value,
+        # the template's text (a .jinja file or the tokenizer's template can change in place)
+        "template": [
+            cfg.template,
+            hashlib.sha256(resolve(cfg.template, tokenizer).source.encode()).hexdigest(),
+        ],
+        "template_kwargs": dict(cfg.template_kwargs),
+        "train_on": cfg.train_on.value,
+        "reasoning": cfg.reasoning.value,
         "max_length": cfg.max_length,
         "long": cfg.long.value,
         "tokenizer": tokenizer_digest(tokenizer),

@@ -1,65 +1,79 @@
-"""The Vicuna v1.1 prompt (FastChat's `vicuna_v1.1` template), rendered as text segments.
+"""A conversation as chat templates see it: OpenAI/HF-style messages, each assistant message
+marked trained or not.
 
-    "{system} USER: {u1} ASSISTANT: {a1}</s>USER: {u2} ASSISTANT: {a2}</s>"
+    Conversation("id", (Message("system", "..."), Message("user", "Hi"), Message("assistant", "Hello")))
 
-The prompt is kept as *segments*: segment k is the text between the template's k-th and (k+1)-th
-`</s>`, and it always ends with assistant reply k. The template's `</s>` is a control token
-(EOS); a `</s>` typed inside a message is text. Keeping the two apart here means the encoder never
-has to guess which is which.
+Both record formats (ShareGPT `conversations` and OpenAI `messages`, records.py) become this; the
+template (templates.py) renders it and the encoder (encode.py) labels what it rendered.
 """
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from typing import Any
 
-VICUNA_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-USER, ASSISTANT = "USER", "ASSISTANT"
-SEP = " "  # after the system prompt and after each user message
-EOS_TEXT = "</s>"  # FastChat's sep2, closing each assistant reply
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # one of ROLES
+    content: str
+    train: bool = False  # in the loss (assistant messages only)
+    # what templates read beside content: tool_calls, reasoning_content, name, tool_call_id
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def for_template(self) -> dict[str, Any]:
+        return {"role": self.role, "content": self.content, **self.extra}
 
 
 @dataclass(frozen=True)
 class Conversation:
     id: str
-    system: str
-    turns: tuple[tuple[str, str], ...]  # (user message, assistant reply), at least one
+    messages: tuple[Message, ...]
+    tools: tuple[dict[str, Any], ...] | None = None  # OpenAI tool schemas, passed to the template
 
+    @classmethod
+    def of(cls, id: str, system: str | None, turns: tuple[tuple[str, str], ...]) -> "Conversation":
+        """(user, assistant) pairs after an optional system prompt, every reply trained."""
+        msgs = [Message("system", system)] if system is not None else []
+        for user, reply in turns:
+            msgs += [Message("user", user), Message("assistant", reply, train=True)]
+        return cls(id, tuple(msgs))
 
-@dataclass(frozen=True)
-class Segment:
-    text: str
-    reply_start: int  # the reply is text[reply_start:], the segment is followed by EOS
+    @property
+    def system(self) -> str | None:
+        return self.messages[0].content if self.messages and self.messages[0].role == "system" else None
 
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """(user, assistant) contents of a plain alternating conversation (ShareGPT's shape)."""
+        body = [m for m in self.messages if m.role != "system"]
+        return tuple((u.content, a.content) for u, a in zip(body[0::2], body[1::2]))
 
-def segments(conv: Conversation) -> list[Segment]:
-    out = []
-    for k, (user, reply) in enumerate(conv.turns):
-        head = (conv.system + SEP if k == 0 else "") + f"{USER}: {user}{SEP}{ASSISTANT}: "
-        out.append(Segment(head + reply, len(head)))
-    return out
+    @property
+    def turns(self) -> list[tuple[int, int]]:
+        """[start, end) message ranges of the turns: each starts at a user message (the system
+        message belongs to the first) and runs to the next user message."""
+        starts = [i for i, m in enumerate(self.messages) if m.role == "user"] or [0]
+        starts[0] = 0
+        return list(zip(starts, [*starts[1:], len(self.messages)]))
 
+    def sub(self, start: int, end: int, suffix: str = "") -> "Conversation":
+        """Messages [start, end), after the system message when start > 0."""
+        head = (self.messages[0],) if start > 0 and self.system is not None else ()
+        return Conversation(self.id + suffix, head + self.messages[start:end], self.tools)
 
-def render(conv: Conversation, eos: str = EOS_TEXT) -> str:
-    """The full training prompt as text (without BOS), exactly as FastChat writes it."""
-    return "".join(s.text + eos for s in segments(conv))
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "messages": [[m.role, m.content, m.train, m.extra] for m in self.messages],
+                "tools": self.tools,
+            },
+            ensure_ascii=False,
+        )
 
-
-# The same prompt as a Jinja chat template, saved with the final tokenizer so that
-# `apply_chat_template(messages, add_generation_prompt=True)` reproduces the training text.
-# Written without newlines between tags: transformers compiles templates with trim_blocks.
-CHAT_TEMPLATE = (
-    "{% if messages and messages[0]['role'] == 'system' %}"
-    "{% set system = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
-    "{% else %}"
-    "{% set system = '" + VICUNA_SYSTEM.replace("'", "\\'") + "' %}{% set loop_messages = messages %}"
-    "{% endif %}"
-    "{{ bos_token }}{{ system }}{{ ' ' }}"
-    "{% for message in loop_messages %}"
-    "{% if message['role'] == 'user' %}{{ 'USER: ' + message['content'] + ' ' }}"
-    "{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' + message['content'] + eos_token }}"
-    "{% else %}{{ raise_exception('Vicuna template: roles must be user/assistant after an optional system') }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
+    @classmethod
+    def from_json(cls, id: str, text: str) -> "Conversation":
+        d = json.loads(text)
+        tools = tuple(d["tools"]) if d["tools"] is not None else None
+        return cls(id, tuple(Message(r, c, t, e) for r, c, t, e in d["messages"]), tools)

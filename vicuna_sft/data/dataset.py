@@ -15,7 +15,7 @@ import torch
 
 from ..config import DataConfig, LongMode, OnError
 from .collate import Collator, pad_id_for
-from .conversation import VICUNA_SYSTEM, Conversation
+from .conversation import Conversation
 from .encode import Encoder
 from .records import DataError, load_conversations
 from .sources import apply_weights, describe, file_digest, sources
@@ -88,15 +88,26 @@ def split_eval(convs: list, fraction: float, seed: int) -> tuple[list, list]:
 
 def _encode_columns(batch: dict[str, list], encoder: Encoder) -> dict[str, list]:
     """One row per sample; a conversation split under `long=split` gives several rows."""
-    convs = [
-        Conversation(i, s, tuple(zip(u, r)))
-        for i, s, u, r in zip(batch["id"], batch["system"], batch["users"], batch["replies"])
-    ]
+    convs = [Conversation.from_json(i, c) for i, c in zip(batch["id"], batch["conversation"])]
     out: dict[str, list] = {
-        k: [] for k in ("id", "input_ids", "labels", "truncated", "trained", "lost", "piece", "pieces")
+        k: []
+        for k in (
+            "id",
+            "input_ids",
+            "labels",
+            "truncated",
+            "trained",
+            "lost",
+            "piece",
+            "pieces",
+            "dropped",
+            "layout",
+        )
     }
     for pieces in encoder.samples(convs):
         for k, e in enumerate(pieces):
+            out["dropped"].append(e.dropped)
+            out["layout"].append(e.layout)
             out["id"].append(e.id)
             out["input_ids"].append(e.input_ids)
             out["labels"].append(e.labels)
@@ -121,6 +132,7 @@ class SampleStats:
     lost_tokens: int = 0  # trained tokens (reply + EOS) cut off by truncation
     tokens: int = 0  # in kept samples
     trained_tokens: int = 0  # in kept samples
+    relaid: dict = field(default_factory=dict)  # data.reasoning: conversations laid out as split/keep
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -130,12 +142,7 @@ def encode_eager(convs: list[Conversation], encoder: Encoder, num_proc: int) -> 
     """A `datasets.Dataset` with columns id, input_ids, labels (samples with no trained token removed)."""
     import datasets
 
-    columns = {
-        "id": [c.id for c in convs],
-        "system": [c.system for c in convs],
-        "users": [[u for u, _ in c.turns] for c in convs],
-        "replies": [[r for _, r in c.turns] for c in convs],
-    }
+    columns = {"id": [c.id for c in convs], "conversation": [c.to_json() for c in convs]}
     ds = datasets.Dataset.from_dict(columns).map(
         _encode_columns,
         batched=True,
@@ -145,18 +152,28 @@ def encode_eager(convs: list[Conversation], encoder: Encoder, num_proc: int) -> 
         remove_columns=list(columns),
         desc=f"encoding ({encoder.long.value})",
     )
-    trained = ds["trained"]
+    trained, dropped, layout = ds["trained"], ds["dropped"], ds["layout"]
+    first = [k == 0 for k in ds["piece"]]
     stats = SampleStats(
         read=len(convs),
-        samples=len(ds),
-        split=sum(1 for k, n in zip(ds["piece"], ds["pieces"]) if k == 0 and n > 1),
+        samples=sum(1 for d in dropped if not d),
+        split=sum(1 for f, n, lay in zip(first, ds["pieces"], layout) if f and n > 1 and not lay),
         truncated=sum(ds["truncated"]),
         lost_tokens=sum(ds["lost"]),
     )
+    for how in ("split", "keep"):  # data.reasoning re-laid these (split: at a token cost)
+        n = sum(1 for f, lay in zip(first, layout) if f and lay == how)
+        if n:
+            stats.relaid[how] = n
+    for reason in dropped:
+        if reason:
+            stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
+    empty = sum(1 for n, d in zip(trained, dropped) if n == 0 and not d)
+    if empty:
+        stats.dropped[NO_TRAINED_TOKENS] = empty
     keep = [i for i, n in enumerate(trained) if n > 0]
     stats.kept = len(keep)
     if len(keep) < len(ds):
-        stats.dropped[NO_TRAINED_TOKENS] = len(ds) - len(keep)
         ds = ds.select(keep)
     stats.tokens = sum(len(x) for x in ds["input_ids"])
     stats.trained_tokens = sum(trained[i] for i in keep)
@@ -193,14 +210,16 @@ def read_splits(cfg: DataConfig, seed: int) -> tuple[list[Conversation], list[Co
         if src.path in records:
             raise DataError(f"data.path: {src.path} is listed twice; give it one source with a weight")
         convs, records[src.path] = load_conversations(
-            src.path, skip_errors=skip, system=src.system if src.system is not None else VICUNA_SYSTEM
+            src.path, skip_errors=skip, system=src.system, train_on=cfg.train_on
         )
         items += convs
         weights += [src.weight] * len(convs)
         origin += [k] * len(convs)
     if cfg.eval_path:
         train_items = list(zip(items, weights, origin))
-        eval_convs, records[cfg.eval_path] = load_conversations(cfg.eval_path, skip_errors=skip)
+        eval_convs, records[cfg.eval_path] = load_conversations(
+            cfg.eval_path, skip_errors=skip, train_on=cfg.train_on
+        )
     else:
         train_items, eval_items = split_eval(list(zip(items, weights, origin)), cfg.eval_fraction, seed)
         eval_convs = [c for c, _, _ in eval_items]
@@ -242,11 +261,19 @@ def encode_splits(cfg: DataConfig, encoder: Encoder, seed: int) -> tuple[dict[st
 
 
 def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> Datasets:
+    from .templates import add_missing_tokens, resolve
+
+    # before anything is keyed or encoded: ChatML on a base model adds <|im_start|>, <|im_end|>
+    added = add_missing_tokens(tokenizer, resolve(cfg.template, tokenizer))
+    if added:
+        log.info(
+            "data.template=%s: added %s to the tokenizer (the embeddings grow to match)", cfg.template, added
+        )
     collator = Collator(pad_id_for(tokenizer), cfg.padding, cfg.max_length)
     if cfg.lazy:
         if cfg.long == LongMode.split:  # validate() refuses the config before this
             raise DataError("data.long=split needs data.lazy=false")
-        encoder = Encoder(tokenizer, cfg.max_length, cfg.long)
+        encoder = Encoder.for_data(cfg, tokenizer)
         train_convs, eval_convs, records = read_splits(cfg, seed)
         stats: dict[str, Any] = {"records": records}
         splits = {}
@@ -258,7 +285,7 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> Datasets:
                 stats[name] = {"samples": len(split), "lazy": True}
         return Datasets(splits["train"], splits["eval"], collator, stats)
     if not cfg.cache:
-        splits, stats = encode_splits(cfg, Encoder(tokenizer, cfg.max_length, cfg.long), seed)
+        splits, stats = encode_splits(cfg, Encoder.for_data(cfg, tokenizer), seed)
         return Datasets(splits["train"], splits["eval"], collator, stats)
     from . import cache
 
@@ -266,7 +293,7 @@ def build_datasets(cfg: DataConfig, tokenizer: Any, seed: int) -> Datasets:
         cache.directory(cfg),
         cache.key_inputs(cfg, tokenizer, seed),
         # the Encoder (it copies the tokenizer twice) is only made on a miss
-        lambda: encode_splits(cfg, Encoder(tokenizer, cfg.max_length, cfg.long), seed),
+        lambda: encode_splits(cfg, Encoder.for_data(cfg, tokenizer), seed),
     )
     # the key is content-based: the same files under other paths hit; name them as configured now
     paths = [src.path for src in sources(cfg)] + ([cfg.eval_path] if cfg.eval_path else [])

@@ -1,34 +1,51 @@
-"""Conversation -> (input_ids, labels), with labels built by construction.
+"""Conversation -> (input_ids, labels) through any chat template, labels by construction.
 
-FastChat re-tokenizes prompt pieces and subtracts hard-coded offsets to find the replies, and
-silently zeroes a sample when its count is off. Here each segment (see conversation.py) is
-tokenized once with character offsets; the reply is the segment's tail, so its tokens are exactly
-those ending after the reply's first character. The template's `</s>` is inserted as the EOS id,
-while special-token text typed inside a message is tokenized as plain text.
+The ids are what a server sees: the template's rendering tokenized in one piece, exactly as
+`apply_chat_template(messages, tokenize=True)` does. The labels need no `{% generation %}`
+markers and no stored copy of any template. For each trained assistant message k the template is
+rendered twice more:
 
-The ids equal what the tokenizer gives for the whole prompt text. The one context effect of
-splitting at the template's EOS is the SentencePiece-style prefix space that Metaspace adds only
-at the very start of a text (`prepend_scheme="first"`): continuation segments are therefore
-tokenized with a copy whose prefix is off. `Encoder.__init__` checks the equality on a probe
-conversation and refuses a tokenizer for which it does not hold.
+    P_k = render(messages[:k], add_generation_prompt=True)    the prompt a server gives the model
+    F_k = render(messages[:k+1])                               the same with the reply rendered
 
-Long conversations (`LongMode`): `truncate` cuts the ids at max_length. `split` cuts at turn
-boundaries instead: because continuation segments are tokenized without context, a piece made of
-turns i..j-1 is exactly the encoding of the conversation (system, turns[i:j]), whose first segment
-(system prompt + turn i) is tokenized afresh. Pieces are filled greedily; only a single turn pair
-that alone exceeds max_length is truncated (and its lost reply tokens counted).
+F_k starts with P_k (else the template is refused); what follows is what the model must produce:
+the content as the template writes it (after `| trim`, with its tool-call and reasoning markup),
+then the end-of-turn token, found once per template by rendering a probe turn (templates.py).
+The trained span is F_k[len(P_k):] up to and including that token; glue after it (ChatML's "\\n")
+is context. Tokens are labelled by their character offsets; a token crossing a span boundary, or
+a span not ending in the end-of-turn id, fails the sample, so every sample is verified as it is
+encoded.
+
+A template is prefix-stable when each F_k is a prefix of the whole conversation's rendering; then
+one sample holds every turn. Templates that rewrite earlier turns once later ones follow (Qwen3
+drops earlier `<think>` blocks; Mistral moves the system prompt to the last user message) follow
+`data.reasoning`: refuse (the default), split (one sample per turn as a server renders it at that
+point: the inference view; tokens counted) or keep (one sample in which every turn is as it was
+rendered when it was the latest).
+
+Special-token text typed in a message ("<|im_end|>", "</s>") stays text: it is wrapped in private
+markers before rendering and encoded as text, the way transformers' `sanitize_control_tokens` does.
 """
 
-import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from tokenizers import Tokenizer
 
-from ..config import LongMode
-from .conversation import ASSISTANT, SEP, USER, Conversation, render, segments
+from ..config import LongMode, Reasoning
+from .conversation import Conversation, Message
+from .templates import ChatTemplate, TemplateError
 
 IGNORE_INDEX = -100  # labels ignored by the loss
+_START, _END = "\U000f0000", "\U000f0001"  # markers around typed control-token text (as transformers')
+PROBE = (Message("user", "Hello! How are you?"), Message("assistant", "Fine, thanks.", train=True))
+
+
+class ConversationError(ValueError):
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+        super().__init__(detail)
 
 
 @dataclass
@@ -36,162 +53,443 @@ class Encoded:
     id: str
     input_ids: list[int]
     labels: list[int]
-    truncated: bool
-    lost_tokens: int = 0  # trained tokens (reply + EOS) cut off by truncation
-    turns: tuple[int, int] = (0, 0)  # the conversation's turn pairs [start, end) this sample holds
+    truncated: bool = False
+    lost_tokens: int = 0  # trained tokens cut off by truncation
+    turns: tuple[int, int] = (0, 0)  # the conversation's turns [start, end) this sample holds
+    dropped: str = ""  # why the conversation gave no sample (data.on_error=skip)
+    layout: str = ""  # "split" / "keep" when data.reasoning re-laid an unstable conversation
 
     @property
     def trained_tokens(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE_INDEX)
 
 
-def _backend_copy(tokenizer: Any, continuation: bool) -> Tokenizer:
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    spec["post_processor"] = None  # BOS is added here explicitly; also keeps offsets untrimmed
+@dataclass
+class _Layout:
+    text: str
+    spans: list[tuple[int, int]] = field(default_factory=list)  # trained [start, end) in text
 
-    def no_first_prefix(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "Metaspace" and node.get("prepend_scheme") == "first":
-                node["prepend_scheme"] = "never"
-            for v in node.values():
-                no_first_prefix(v)
-        elif isinstance(node, list):
-            for v in node:
-                no_first_prefix(v)
 
-    if continuation:
-        no_first_prefix(spec.get("pre_tokenizer"))
-    backend = Tokenizer.from_str(json.dumps(spec))
-    backend.encode_special_tokens = True  # "</s>" typed in a message stays text
+class Encoder:
+    """Encodes conversations for one tokenizer and template. Picklable (`datasets.map(num_proc)`)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: ChatTemplate,
+        max_length: int,
+        long: LongMode = LongMode.truncate,
+        reasoning: Reasoning = Reasoning.refuse,
+        template_kwargs: dict[str, Any] | None = None,
+        skip_errors: bool = False,
+    ):
+        self.template, self.max_length = template, max_length
+        self.long, self.reasoning, self.skip_errors = LongMode(long), Reasoning(reasoning), skip_errors
+        self.name = tokenizer.name_or_path
+        specials = {str(t) for t in tokenizer.all_special_tokens if t}
+        specials |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        # what transformers treats as control tokens: the special ones, and added tokens the
+        # template's text writes (Qwen's <tool_call>)
+        control = specials | {t for t in tokenizer.get_vocab() if t in tokenizer.added_tokens_encoder}
+        control = {t for t in control if t in specials or t in template.source}
+        alternation = "|".join(map(re.escape, sorted(control, key=len, reverse=True))) or "(?!)"
+        self._control_re = re.compile(alternation)
+        self._markers_re = re.compile(f"{_START}({alternation}){_END}|[{_START}{_END}]")
+        self._specials = sorted(specials, key=len, reverse=True)
+        self._kwargs = {**tokenizer.special_tokens_map, **(template_kwargs or {})}
+        self._plain = _backend(tokenizer)
+        self._newline = self._plain.encode("\n", add_special_tokens=False).ids
+        self.eot = self._find_end_of_turn()
+        self.eot_id = tokenizer.convert_tokens_to_ids(self.eot)
+        self._check(tokenizer)
+
+    @classmethod
+    def for_data(
+        cls, cfg: Any, tokenizer: Any, max_length: int | None = None, long: LongMode | None = None
+    ) -> "Encoder":
+        """The encoder `cfg` (a DataConfig) describes, for this tokenizer."""
+        from ..config import OnError
+        from .templates import resolve
+
+        return cls(
+            tokenizer,
+            resolve(cfg.template, tokenizer),
+            cfg.max_length if max_length is None else max_length,
+            cfg.long if long is None else long,
+            cfg.reasoning,
+            dict(cfg.template_kwargs),
+            skip_errors=cfg.on_error == OnError["skip"],
+        )
+
+    # ------------------------------------------------------------------ rendering
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_compiled"}  # Jinja code: rebuilt
+
+    def _render(self, messages: list[dict[str, Any]], tools: Any, generation: bool) -> str:
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:
+            from ..compat.transformers import compiled_chat_template
+
+            compiled = self._compiled = compiled_chat_template(self.template.source)
+        try:
+            return compiled.render(
+                messages=messages,
+                tools=tools,
+                documents=None,
+                add_generation_prompt=generation,
+                **self._kwargs,
+            )
+        except Exception as e:  # the template's raise_exception, or a field it cannot handle
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConversationError("template_error", f"the template failed: {first}") from None
+
+    def _mark(self, obj: Any) -> Any:
+        if isinstance(obj, str):
+            if _START in obj or _END in obj:  # transformers would drop them silently
+                raise ConversationError(
+                    "reserved_character",
+                    "a message holds U+F0000 or U+F0001 (reserved to mark control-token text)",
+                )
+            return self._control_re.sub(f"{_START}\\g<0>{_END}", obj)
+        if isinstance(obj, dict):
+            return {k: self._mark(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [self._mark(v) for v in obj]
+        return obj
+
+    def _template_messages(self, conv: Conversation) -> tuple[list[dict[str, Any]], Any]:
+        msgs = []
+        for m in conv.messages:
+            d = self._mark(m.for_template())
+            if "reasoning_content" in d:  # the name gpt-oss templates read, as transformers aliases it
+                d = {"thinking": d["reasoning_content"], **d}
+            msgs.append(d)
+        return msgs, self._mark(list(conv.tools)) if conv.tools is not None else None
+
+    def _eot_end(self, text: str, start: int) -> int:
+        """The end of the first end-of-turn token the template wrote at or after `start`."""
+        i = text.find(self.eot, start)
+        while i >= 0 and i > 0 and text[i - 1] == _START:  # typed by a user: text
+            i = text.find(self.eot, i + 1)
+        return -1 if i < 0 else i + len(self.eot)
+
+    def _turn(self, msgs: list[dict], tools: Any, k: int) -> tuple[str, int, int]:
+        """(text, start, end): the prompt a server gives for assistant message k followed by the
+        message as the template renders it, its trained span [start, end)."""
+        prompt = self._render(msgs[:k], tools, generation=True)
+        full = self._render(msgs[: k + 1], tools, generation=False)
+        if full.startswith(prompt):
+            start = len(prompt)
+        else:
+            # the prompt is rendered differently when the reply follows (Mistral v3 writes the
+            # system prompt into the last user message only): the reply starts after the last
+            # occurrence of the prompt's tail from its last template-written special token
+            anchor = prompt[self._last_special(prompt) :]
+            at = full.rfind(anchor) if anchor else -1
+            if at < 0:
+                raise ConversationError(
+                    "generation_prompt_mismatch",
+                    f"message {k}: the template's generation prompt {prompt[-24:]!r} is not how it starts the "
+                    "assistant message",
+                )
+            full, start = prompt + full[at + len(anchor) :], len(prompt)
+        end = self._eot_end(full, start)
+        if end < 0:
+            raise ConversationError(
+                "no_end_of_turn",
+                f"message {k}: the template wrote no {self.eot!r} after the assistant message",
+            )
+        return full, start, end
+
+    def _last_special(self, text: str) -> int:
+        """Where the last template-written special token in `text` starts (0: none)."""
+        best = 0
+        for t in self._specials:
+            i = text.rfind(t)
+            if i > best and text[i - 1] != _START:
+                best = i
+        return best
+
+    def _layouts(self, conv: Conversation) -> tuple[list[_Layout], str]:
+        """The sample texts of a conversation with their trained spans, and the re-layout applied."""
+        for k, m in enumerate(conv.messages):
+            for f in ("tool_calls", "reasoning_content"):
+                if f in m.extra and not self.template.reads(f):
+                    raise ConversationError(
+                        f"unrendered_{f}",
+                        f"message {k} has {f}, which the template never renders (it would be lost)",
+                    )
+        if conv.tools is not None and not self.template.reads("tools"):
+            raise ConversationError(
+                "unrendered_tools", "the record has tools, which the template never renders"
+            )
+        msgs, tools = self._template_messages(conv)
+        whole = self._render(msgs, tools, generation=False)
+        turns = [self._turn(msgs, tools, k) for k, m in enumerate(conv.messages) if m.train]
+        unstable = [(f, s, e) for f, s, e in turns if not whole.startswith(f[:e])]
+        if not unstable:
+            return [_Layout(whole, [(s, e) for _, s, e in turns])], ""
+        if self.reasoning == Reasoning.refuse:
+            k = [k for k, m in enumerate(conv.messages) if m.train][turns.index(unstable[0])]
+            raise ConversationError(
+                "template_not_prefix_stable",
+                f"the template renders assistant message {k} differently once later messages follow "
+                "(e.g. earlier reasoning dropped); set data.reasoning=split (one sample per turn, as served) "
+                "or data.reasoning=keep (one sample, each turn as rendered when it was the latest)",
+            )
+        if self.reasoning == Reasoning.split:
+            # from the last turn back: a sample is a turn rendered last, training every earlier turn
+            # its text holds unchanged
+            out, left = [], list(turns)
+            while left:
+                f, s, e = left.pop()
+                stable = [(s2, e2) for f2, s2, e2 in left if f.startswith(f2[:e2])]
+                left = [t for t in left if not f.startswith(t[0][: t[2]])]
+                out.append(_Layout(f, [*stable, (s, e)]))
+            return out[::-1], "split"
+        # keep: each turn's text as rendered when it was the latest, joined by what the next prompt
+        # adds after the history (found by counting the template's end-of-turn tokens)
+        text, spans = "", []
+        for j, (f, s, e) in enumerate(turns):
+            if j == 0:
+                text, spans = f[:e], [(s, e)]
+                continue
+            seen = _count(text, self.eot)
+            prompt = f[:s]
+            cut = 0
+            for _ in range(seen):
+                cut = self._eot_end(prompt, cut)
+                if cut < 0:
+                    raise ConversationError(
+                        "template_not_prefix_stable",
+                        "data.reasoning=keep: the history lost an end-of-turn token",
+                    )
+            text += prompt[cut:]
+            spans.append((len(text), len(text) + e - s))
+            text += f[s:e]
+        return [_Layout(text + turns[-1][0][turns[-1][2] :], spans)], "keep"
+
+    # ------------------------------------------------------------------ tokenizing
+
+    def _tokenize(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        out: list[Any] = [None] * len(texts)
+        plain = [i for i, t in enumerate(texts) if _START not in t and _END not in t]
+        for i, enc in zip(
+            plain, self._plain.encode_batch([texts[i] for i in plain], add_special_tokens=False)
+        ):
+            out[i] = (enc.ids, enc.offsets)
+        for i, t in enumerate(texts):
+            if out[i] is None:
+                out[i] = self._tokenize_marked(t)
+        return out
+
+    def _tokenize_marked(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """As transformers' `encode_marked_chat`: the text between markers as usual, a marked token as
+        plain text; every piece after the first encoded after a newline (then removed) so that
+        SentencePiece adds no prefix space in the middle of the chat. Offsets stay in `text`."""
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+
+        def piece(s: str, at: int, as_text: bool, first: bool) -> None:
+            encode = self._without_added_tokens if as_text else self._with_added_tokens
+            if first:
+                enc, shift = encode(s), 0
+            else:
+                enc, shift = encode("\n" + s), 1
+                if enc.ids[: len(self._newline)] != self._newline:
+                    enc, shift = encode(s), 0
+                else:
+                    n = len(self._newline)
+                    enc = _Slice(enc.ids[n:], enc.offsets[n:])
+            ids.extend(enc.ids)
+            offsets.extend((max(a - shift, 0) + at, max(b - shift, 0) + at) for a, b in enc.offsets)
+
+        pos = 0
+        for m in self._markers_re.finditer(text):
+            if m.start() > pos or pos == 0:
+                piece(text[pos : m.start()], pos, as_text=False, first=pos == 0)
+            if m.group(1):
+                piece(m.group(1), m.start(1), as_text=True, first=False)
+            pos = m.end()
+        if pos < len(text):
+            piece(text[pos:], pos, as_text=False, first=False)
+        return ids, offsets
+
+    def _with_added_tokens(self, text: str) -> Any:
+        return self._plain.encode(text, add_special_tokens=False)
+
+    def _without_added_tokens(self, text: str) -> "_Slice":
+        """The backend's pipeline without its added tokens (transformers' `_encode_without_added_tokens`)."""
+        b = self._plain
+        if b.normalizer is not None:
+            text = b.normalizer.normalize_str(text)
+        splits = (
+            b.pre_tokenizer.pre_tokenize_str(text)
+            if b.pre_tokenizer is not None
+            else [(text, (0, len(text)))]
+        )
+        ids, offsets = [], []
+        for split, (start, _) in splits:
+            for token in b.model.tokenize(split):
+                ids.append(token.id)
+                offsets.append((start + token.offsets[0], start + token.offsets[1]))
+        return _Slice(ids, offsets)
+
+    def _labels(
+        self, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+    ) -> list[int]:
+        labels = [IGNORE_INDEX] * len(ids)
+        i = 0
+        for a, b in spans:
+            while i < len(ids) and offsets[i][1] <= a:
+                i += 1
+            if i < len(ids) and offsets[i][0] < a:
+                raise ConversationError("span_boundary", "a token crosses the start of an assistant span")
+            first = i
+            while i < len(ids) and offsets[i][1] <= b and offsets[i][0] < b:
+                labels[i] = ids[i]
+                i += 1
+            if i < len(ids) and offsets[i][0] < b:
+                raise ConversationError("span_boundary", "a token crosses the end of an assistant span")
+            if i == first or ids[i - 1] != self.eot_id:
+                raise ConversationError("no_end_of_turn", f"an assistant span does not end in {self.eot!r}")
+        return labels
+
+    # ------------------------------------------------------------------ samples
+
+    def _whole(self, conv: Conversation) -> list[Encoded]:
+        """The conversation's samples, untruncated (one, or several when re-laid by data.reasoning)."""
+        layouts, how = self._layouts(conv)
+        out = []
+        for k, (lay, (ids, offsets)) in enumerate(zip(layouts, self._tokenize([x.text for x in layouts]))):
+            sid = conv.id if len(layouts) == 1 else f"{conv.id}_t{k}"
+            out.append(
+                Encoded(
+                    sid, ids, self._labels(ids, offsets, lay.spans), turns=(0, len(conv.turns)), layout=how
+                )
+            )
+        return out
+
+    def _cut(self, e: Encoded) -> Encoded:
+        n = self.max_length
+        if len(e.input_ids) > n:
+            e.truncated, e.lost_tokens = True, _trained(e.labels[n:])
+            e.input_ids, e.labels = e.input_ids[:n], e.labels[:n]
+        return e
+
+    def samples(self, convs: list[Conversation]) -> list[list[Encoded]]:
+        """The samples of each conversation under `long`; a conversation that cannot be encoded
+        gives one empty sample naming why (data.on_error=skip), else raises TemplateError."""
+        out = []
+        for conv in convs:
+            try:
+                whole = self._whole(conv)
+                if self.long == LongMode.split and any(len(e.input_ids) > self.max_length for e in whole):
+                    whole = self.split(conv) if len(whole) == 1 else whole
+                out.append([self._cut(e) for e in whole])
+            except ConversationError as e:
+                if not self.skip_errors:
+                    raise TemplateError(
+                        f"data.template={self.template.name}: conversation {conv.id}: {e.detail} "
+                        "(data.on_error=skip counts such conversations instead)"
+                    ) from None
+                out.append([Encoded(conv.id, [], [], dropped=e.reason)])
+        return out
+
+    def encode_batch(self, convs: list[Conversation]) -> list[Encoded]:
+        """One sample per conversation, truncated at max_length (whatever `long` says)."""
+        return [self._cut(self._whole(c)[0]) for c in convs]
+
+    def encode(self, conv: Conversation) -> Encoded:
+        """The whole conversation as one sample, truncated at max_length (lazy mode: the first
+        sample when data.reasoning=split lays it out as several)."""
+        return self.samples([conv])[0][0]
+
+    def split(self, conv: Conversation) -> list[Encoded]:
+        """Pieces of at most max_length tokens cut at turn boundaries, each after the system
+        message, each rendered afresh; greedy: a piece takes turns while it fits. A single turn
+        longer than max_length is truncated (its lost trained tokens counted)."""
+        turns, pieces, i = conv.turns, [], 0
+        while i < len(turns):
+            best, j = None, i + 1
+            while j <= len(turns):
+                cand = self._whole(conv.sub(turns[i][0], turns[j - 1][1]))
+                if best is not None and max(len(e.input_ids) for e in cand) > self.max_length:
+                    break
+                best, j = cand, j + 1
+            for e in best:
+                e.turns = (i, j - 1)
+            pieces += [self._cut(e) for e in best]
+            i = j - 1
+        for k, p in enumerate(pieces):
+            p.id = f"{conv.id}_{k}" if len(pieces) > 1 else conv.id  # FastChat's naming of split pieces
+        return pieces
+
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
+        """The ids a model trained on these encodings is given to answer after `messages` (the
+        chat command; equal to `apply_chat_template(..., add_generation_prompt=True, tokenize=True)`)."""
+        marked = self._mark(messages)
+        return self._tokenize([self._render(marked, self._mark(tools), generation=True)])[0][0]
+
+    # ------------------------------------------------------------------ the template itself
+
+    def _find_end_of_turn(self) -> str:
+        msgs = [m.for_template() for m in PROBE]
+        where = f"data.template={self.template.name} with the tokenizer of {self.name}"
+        try:
+            prompt = self._render(msgs[:1], None, generation=True)
+            full = self._render(msgs, None, generation=False)
+        except ConversationError as e:
+            raise TemplateError(f"{where}: {e.detail} on a one-turn conversation") from None
+        if not full.startswith(prompt):
+            raise TemplateError(
+                f"{where}: its generation prompt {prompt[-24:]!r} does not start its assistant turn"
+            )
+        reply = full[len(prompt) :]
+        ends = [(reply.rfind(t) + len(t), t) for t in self._specials if t in reply]
+        if not ends or max(ends)[0] <= reply.find(PROBE[1].content):
+            raise TemplateError(
+                f"{where}: the template closes an assistant message with no special token ({reply!r}), so a "
+                "model trained on it would never stop; use a template whose assistant turn ends in one"
+            )
+        return max(ends)[1]
+
+    def _check(self, tokenizer: Any) -> None:
+        """The probe encodes to what the tokenizer gives for the rendered text, its prompt to what it
+        gives for the prompt alone (the token-level train/serve parity), its span to the reply."""
+        where = f"data.template={self.template.name} with the tokenizer of {self.name}"
+        conv = Conversation("probe", PROBE)
+        (e,) = self._whole(conv)
+        msgs = [m.for_template() for m in PROBE]
+        text = self._render(msgs, None, generation=False)
+        if e.input_ids != tokenizer(text, add_special_tokens=False).input_ids:
+            raise TemplateError(f"{where}: encoding the rendered text differs from the tokenizer's own")
+        prompt = tokenizer(self._render(msgs[:1], None, generation=True), add_special_tokens=False).input_ids
+        if e.input_ids[: len(prompt)] != prompt or any(t != IGNORE_INDEX for t in e.labels[: len(prompt)]):
+            raise TemplateError(
+                f"{where}: the prompt tokenizes differently alone than followed by the reply, so a server "
+                "would not give the model the ids it was trained on"
+            )
+
+
+class _Slice:
+    def __init__(self, ids: list[int], offsets: list[tuple[int, int]]):
+        self.ids, self.offsets = ids, offsets
+
+
+def _backend(tokenizer: Any) -> Tokenizer:
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()
     backend.no_padding()
     return backend
 
 
-class Encoder:
-    """Encodes conversations for one tokenizer. Picklable (for `datasets.map(num_proc=...)`)."""
-
-    def __init__(self, tokenizer: Any, max_length: int, long: LongMode = LongMode.truncate):
-        if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token to close assistant replies with")
-        self.max_length = max_length
-        self.long = LongMode(long)
-        self.eos_id = tokenizer.eos_token_id
-        self.eos_text = tokenizer.eos_token
-        with_special = tokenizer("a").input_ids
-        plain = tokenizer("a", add_special_tokens=False).input_ids
-        self.prefix = with_special[: len(with_special) - len(plain)]  # usually [BOS]
-        self._first = _backend_copy(tokenizer, continuation=False)
-        self._rest = _backend_copy(tokenizer, continuation=True)
-        self._check(tokenizer)
-
-    def _check(self, tokenizer: Any) -> None:
-        probe = Conversation(
-            "probe", "System  says hi.", (("Hello! How are you?", "Fine, thanks.\n"), (" Code:", "`x = 1`  "))
-        )
-        expected = tokenizer(render(probe, self.eos_text)).input_ids
-        got = self._encode_untruncated([probe])[0][0]
-        if got != expected:
-            raise ValueError(
-                f"{type(tokenizer).__name__} ({tokenizer.name_or_path}): segment-wise encoding differs from "
-                f"whole-text tokenization ({got[:12]}... vs {expected[:12]}...); this tokenizer is not supported"
-            )
-
-    def encode(self, conv: Conversation) -> Encoded:
-        """The whole conversation as one sample, truncated at max_length (whatever `long` says)."""
-        return self.encode_batch([conv])[0]
-
-    def encode_batch(self, convs: list[Conversation]) -> list[Encoded]:
-        n = self.max_length
-        return [
-            Encoded(c.id, ids[:n], labels[:n], len(ids) > n, _trained(labels[n:]), (0, len(c.turns)))
-            for c, (ids, labels) in zip(convs, self._encode_untruncated(convs))
-        ]
-
-    def samples(self, convs: list[Conversation]) -> list[list[Encoded]]:
-        """The samples of each conversation under `long`: one (truncated) or several (split)."""
-        if self.long == LongMode.truncate:
-            return [[e] for e in self.encode_batch(convs)]
-        return [self.split(c, segs) for c, segs in zip(convs, self._segment_tokens(convs))]
-
-    def split(
-        self, conv: Conversation, segs: list[tuple[list[int], list[int]]] | None = None
-    ) -> list[Encoded]:
-        """Pieces of at most max_length tokens, cut at turn boundaries, each starting with the
-        system prompt. `segs`: the conversation's segment tokens, when already computed."""
-        segs = segs or self._segment_tokens([conv])[0]
-        n, pieces, start = self.max_length, [], 0
-        while start < len(segs):
-            # the first segment of a piece carries the prefix and the system prompt
-            ids, labels = (
-                segs[0]
-                if start == 0
-                else self._tokens(Conversation(conv.id, conv.system, conv.turns[start : start + 1]))
-            )
-            end = start + 1
-            while end < len(segs) and len(ids) + len(segs[end][0]) <= n:
-                ids, labels = ids + segs[end][0], labels + segs[end][1]
-                end += 1
-            pieces.append(
-                Encoded(conv.id, ids[:n], labels[:n], len(ids) > n, _trained(labels[n:]), (start, end))
-            )
-            start = end
-        if len(pieces) > 1:
-            for k, p in enumerate(pieces):
-                p.id = f"{conv.id}_{k}"  # FastChat's naming of split pieces
-        return pieces
-
-    def _tokens(self, conv: Conversation) -> tuple[list[int], list[int]]:
-        """(input_ids, labels) of a whole conversation, untruncated."""
-        return self._encode_untruncated([conv])[0]
-
-    def _encode_untruncated(self, convs: list[Conversation]) -> list[tuple[list[int], list[int]]]:
-        out = []
-        for segs in self._segment_tokens(convs):
-            ids, labels = [], []
-            for seg_ids, seg_labels in segs:
-                ids += seg_ids
-                labels += seg_labels
-            out.append((ids, labels))
-        return out
-
-    def _segment_tokens(self, convs: list[Conversation]) -> list[list[tuple[list[int], list[int]]]]:
-        """Per conversation, per segment: (ids, labels), the first with the prefix (BOS), each
-        closed by the EOS id. Concatenated they are the conversation's encoding."""
-        segs = [segments(c) for c in convs]
-        firsts = self._first.encode_batch([s[0].text for s in segs], add_special_tokens=False)
-        rest_texts = [seg.text for s in segs for seg in s[1:]]
-        rests = (
-            iter(self._rest.encode_batch(rest_texts, add_special_tokens=False)) if rest_texts else iter(())
-        )
-        out = []
-        for conv_segs, first in zip(segs, firsts):
-            conv_out = []
-            for k, seg in enumerate(conv_segs):
-                enc = first if k == 0 else next(rests)
-                # tokens ending after the reply's first character are the reply (it runs to the end)
-                n_prompt = next(
-                    (i for i, (_, end) in enumerate(enc.offsets) if end > seg.reply_start), len(enc.ids)
-                )
-                head = list(self.prefix) if k == 0 else []
-                ids = [*head, *enc.ids, self.eos_id]
-                labels = [IGNORE_INDEX] * (len(head) + n_prompt) + enc.ids[n_prompt:] + [self.eos_id]
-                conv_out.append((ids, labels))
-            out.append(conv_out)
-        return out
-
-    def encode_prompt(self, system: str, history: list[tuple[str, str]], user: str) -> list[int]:
-        """The ids a model trained on these encodings is given to answer `user` after `history`:
-        the training encoding of the finished turns, then `USER: {user} ASSISTANT:` tokenized as a
-        segment is (for generation: the chat command)."""
-        ids = list(self.prefix)
-        done = segments(Conversation("prompt", system, tuple(history))) if history else []
-        for k, seg in enumerate(done):
-            backend = self._first if k == 0 else self._rest
-            ids += [*backend.encode(seg.text, add_special_tokens=False).ids, self.eos_id]
-        head = ("" if history else system + SEP) + f"{USER}: {user}{SEP}{ASSISTANT}:"
-        backend = self._rest if history else self._first
-        return ids + backend.encode(head, add_special_tokens=False).ids
+def _count(text: str, token: str) -> int:
+    """Occurrences of a template-written token (not typed, i.e. not after a start marker)."""
+    return sum(
+        1 for m in re.finditer(re.escape(token), text) if m.start() == 0 or text[m.start() - 1] != _START
+    )
 
 
 def _trained(labels: list[int]) -> int:

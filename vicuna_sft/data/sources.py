@@ -79,6 +79,24 @@ def file_digest(path: str) -> str:
     return _digest(real, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
 
+def check_files(cfg: DataConfig) -> None:
+    """Every data file the config reads exists: checked when the run starts (launch.entry's
+    preflight), before workers start or anything loads, so a typo in a path fails in a second, not
+    once a worker reaches the data."""
+    one = not isinstance(cfg.path, list | tuple)
+    keyed = [("data.path" if one else f"data.path[{i}]", s.path) for i, s in enumerate(sources(cfg))]
+    keyed += [("data.eval_path", cfg.eval_path)] if cfg.eval_path else []
+    bad = [(key, path) for key, path in keyed if not os.path.isfile(path)]
+    if bad:
+        problems = "; ".join(
+            f"{key}: {path}: "
+            + ("is a directory, not a data file" if os.path.isdir(path) else "data file not found")
+            for key, path in bad
+        )
+        relative = any(not os.path.isabs(path) for _, path in bad)
+        raise DataError(problems + (f" (relative to {os.getcwd()})" if relative else ""))
+
+
 def data_digests(cfg: DataConfig) -> dict[str, str]:
     """{path: xxh3-128} of every data file the config reads (training sources and eval_path)."""
     paths = [s.path for s in sources(cfg)] + ([cfg.eval_path] if cfg.eval_path else [])

@@ -97,10 +97,13 @@ def run_worker(cfg: Config) -> dict[str, Any]:
 
 def preflight(cfg: Config) -> None:
     """Refuse what cannot run here before workers start, data is encoded or weights load."""
-    from ..model.loading import check_adapter, check_attention, check_loss
+    from ..data.sources import check_files
+    from ..model.loading import check_adapter, check_attention, check_loss, check_tokenizer_files
     from ..training import optimizers
     from ..training.arguments import check_fsdp
 
+    check_files(cfg.data)  # a missing file would otherwise be found by a worker, after its start-up
+    check_tokenizer_files(cfg.model)
     check_attention(cfg)
     check_loss(cfg)
     check_adapter(cfg)

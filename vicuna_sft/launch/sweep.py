@@ -197,6 +197,36 @@ class SearchSurvivesFailedTrials:
             return None
 
 
+OWN_PLUGINS = ("hydra_plugins.vicuna_sft_launcher", "hydra_plugins.vicuna_sft_sweeper")
+
+
+def register_own_plugins() -> None:
+    """Hydra finds plugins by walking the `hydra_plugins` namespace's directories; under an
+    editable install ours are importable (setuptools' import hook) but in no such directory, so
+    outside the checkout `hydra/launcher=slurm` or `hydra/sweeper=optuna` failed with a raw
+    `RuntimeError: Unknown plugin class`. Hydra's public `Plugins.register` adds them (after its
+    scan: a class it found already is the same class object, registered once)."""
+    import importlib
+    import inspect
+
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.plugin import Plugin
+
+    for name in OWN_PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # the checkout's hydra_plugins/ is not installed: nothing of ours to add
+            continue
+        for obj in list(vars(module).values()):
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, Plugin)
+                and obj.__module__ == name
+                and not inspect.isabstract(obj)
+            ):
+                Plugins.instance().register(obj)
+
+
 def register_sweeper() -> None:
     """`hydra/sweeper=optuna`: the plugin's own config (its schema, samplers and search-space syntax)
     with this project's class and defaults. Registered in Python under the plugin's name: a YAML file
@@ -210,6 +240,7 @@ def register_sweeper() -> None:
     from hydra.core.plugins import Plugins
 
     Plugins.instance()  # the scan
+    register_own_plugins()
     try:
         from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
     except ImportError:  # an environment installed without it (the GPU check's): no optuna option

@@ -286,7 +286,6 @@ def export(
         return model, state_dict
     import shutil
 
-    from ..data.conversation import CHAT_TEMPLATE
     from ..files import replace_dir
 
     final = os.path.join(out, ADAPTER_DIR)
@@ -294,8 +293,7 @@ def export(
     shutil.rmtree(partial, ignore_errors=True)
     # PeftModel.save_pretrained keeps only the adapter's entries of the full state dict
     model.save_pretrained(partial, state_dict=state_dict)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)  # with the training template (training/final.py set it)
     replace_dir(partial, final)
     log.info("adapter saved to %s (AutoPeftModelForCausalLM.from_pretrained)", final)
     if not cfg.adapter.merge:

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from .. import attention
-from ..config import Builtin, Config, ModelConfig, builtin_path
+from ..config import AdapterKind, Builtin, Config, ModelConfig, builtin_path
 from ..errors import UserError
 from . import adapters
 from . import loss as losses
@@ -48,10 +48,43 @@ def _wrap_hub_errors(what: str, path: str, fn: Any, **kwargs: Any) -> Any:
         raise ModelLoadError(f"cannot load the {what} from {path!r}: {first}") from e
 
 
+# what a saved tokenizer consists of: a directory with none of these holds none (transformers
+# would answer with a long traceback ending in "install sentencepiece or tiktoken")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "tokenizer.tiktoken",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def check_tokenizer_files(m: ModelConfig) -> None:
+    """A local directory the tokenizer would be loaded from holds tokenizer files (hub ids and a
+    builtin model not created yet are left to loading)."""
+    path = os.path.expanduser(m.tokenizer or m.name_or_path)
+    if not os.path.isdir(path) or any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        return
+    if m.tokenizer:
+        raise ModelLoadError(
+            f"model.tokenizer={m.tokenizer}: the directory has no tokenizer (none of "
+            f"{', '.join(TOKENIZER_FILES[:3])}, ...): point model.tokenizer= at the directory or hub id of "
+            "the model's tokenizer"
+        )
+    raise ModelLoadError(
+        f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...): set "
+        "model.tokenizer= to the directory or hub id of the model's tokenizer"
+    )
+
+
 def load_tokenizer(m: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_path(m, m.tokenizer) if m.tokenizer else resolve_path(m)
+    check_tokenizer_files(m)
     # padding_side must be given here: set as an attribute later it is not saved
     tok = _wrap_hub_errors(
         "tokenizer",
@@ -126,7 +159,9 @@ def load_config(cfg: Config) -> Any:
     return config
 
 
-def load_model(cfg: Config) -> Any:
+def load_model(cfg: Config, vocab_size: int | None = None) -> Any:
+    """The model for `cfg`; `vocab_size`: the tokenizer's length, when a template added tokens to
+    it (the embeddings grow to it, new rows at the mean of the old ones)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -150,6 +185,14 @@ def load_model(cfg: Config) -> Any:
         **adapters.load_kwargs(cfg),  # qlora: 4-bit quantization while loading
         **common,
     )
+    if vocab_size is not None and vocab_size > model.get_input_embeddings().num_embeddings:
+        if cfg.adapter.kind != AdapterKind.none:
+            raise ModelLoadError(
+                f"data.template={cfg.data.template} added tokens to the tokenizer; with adapter={cfg.adapter.kind.value} "
+                "their new embedding rows would stay untrained: fine-tune in full, or use a template written "
+                "with the tokenizer's own tokens"
+            )
+        model.resize_token_embeddings(vocab_size, mean_resizing=True)
     # the loss variant on this instance, then the adapter wrapping it (PEFT calls through to it;
     # the attention's and the loss's hooks stay on the inner model)
     return adapters.apply(losses.install(variant.prepare(model), cfg.loss), cfg)

@@ -31,7 +31,7 @@ from importlib import resources
 
 __all__ = ["VICUNA_SYSTEM_PROMPT", "build_tiny", "ensure_tiny", "is_built", "sample_conversations_path"]
 
-from ..data.conversation import VICUNA_SYSTEM as VICUNA_SYSTEM_PROMPT
+from ..data.templates import VICUNA_SYSTEM as VICUNA_SYSTEM_PROMPT
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2, as in Llama/Vicuna
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")

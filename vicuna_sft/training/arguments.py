@@ -5,7 +5,7 @@ from typing import Any
 from ..compat.transformers import checkpointing_argument
 from ..config import Config, FsdpStrategy, Precision, Strategy
 from ..process import layout
-from ..validation import ConfigError, gradient_accumulation
+from ..validation import ConfigError, gradient_accumulation, trainer_args
 
 
 def fsdp_arguments(
@@ -74,9 +74,17 @@ def check_fsdp(cfg: Config) -> None:
 
 
 def to_training_arguments(cfg: Config, wrap_classes: list[str] | None = None) -> Any:
-    """`cfg` is validated (validation.validate); the world size and node count come from `layout`."""
-    import torch
+    """`cfg` is validated (validation.validate); the world size and node count come from `layout`.
+    trainer.args (fields this mapping does not set, validation.TRAINER_ARGS_OWNED) are passed as
+    they are; warmup_steps, a number of steps there, replaces optimizer.warmup_ratio."""
     from transformers import TrainingArguments
+
+    return TrainingArguments(**{**project_arguments(cfg, wrap_classes), **trainer_args(cfg.trainer.args)})
+
+
+def project_arguments(cfg: Config, wrap_classes: list[str] | None = None) -> dict[str, Any]:
+    """The TrainingArguments this project sets from its own keys (each refused in trainer.args)."""
+    import torch
 
     t, o = cfg.trainer, cfg.optimizer
     precision = Precision(t.precision)
@@ -86,7 +94,7 @@ def to_training_arguments(cfg: Config, wrap_classes: list[str] | None = None) ->
         from accelerate.parallelism_config import ParallelismConfig
 
         fsdp["parallelism_config"] = ParallelismConfig(**fsdp["parallelism_config"])
-    return TrainingArguments(
+    return dict(
         output_dir=t.output_dir,
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size or t.per_device_train_batch_size,

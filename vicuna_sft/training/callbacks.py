@@ -5,7 +5,7 @@ import os
 from transformers import TrainerCallback
 
 from ..config import Config
-from ..errors import UserError
+from ..errors import UserError, to_log_files
 from . import manifest
 from .checkpoint import (
     COMPLETE,
@@ -60,9 +60,19 @@ class CheckpointCompleteCallback(TrainerCallback):
                 mark_complete(path, state.global_step, {k: v for s in shares for k, v in sorted(s.items())})
             except OSError as e:
                 raise write_failure(args.output_dir, path, e) from e
-            rotate(args.output_dir, self.save_total_limit)
+            rotate(args.output_dir, self.save_total_limit, protect=state.best_model_checkpoint)
         if distributed:
             dist.barrier()
+        return control
+
+
+class LogToFile(TrainerCallback):
+    """Every log the Trainer prints on the console (loss, lr, grad norm, eval loss, throughput)
+    also in the run's log file, once (rank 0; the values are the same on every rank)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            to_log_files(f"step {state.global_step}: {logs}")
         return control
 
 
@@ -124,6 +134,7 @@ def build_callbacks(
         OptimizerStateLog(cfg.optimizer.name),
         *([LossPlot()] if plotting_available() else []),
         LogLastStep(),
+        LogToFile(),
         *([stop] if stop else []),
         *([divergence] if divergence else []),
     ]

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import UserError
 from ..files import replacing
 from ..process import exchange, launcher_store, rank, world_size
+from ..validation import TRAINER_ARGS_RESUME_SAFE, trainer_args
 from . import manifest
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ def resolve_resume(
     output_dir: str,
     fingerprint: dict[str, Any] | None = None,
     allow_change: bool = False,
+    end: tuple[int, float] | None = None,
 ) -> str | None:
-    """`never` -> None; `auto` -> newest intact complete checkpoint in output_dir (or None); else a
+    """`never` -> None; `auto` -> newest intact complete checkpoint in output_dir (or None) not
+    past the run's `end` (trainer.max_steps, trainer.num_train_epochs; see `past_end`); else a
     path. With a `fingerprint` (see `run_fingerprint`), a checkpoint of a run whose math differs is
     refused unless `allow_change`. Checkpoints of the output dir that this run will not continue
     from and that are newer than its starting point are set aside (never deleted, never trusted
@@ -84,7 +87,7 @@ def resolve_resume(
             raise UserError(decision["error"])
         return decision["path"]
     try:
-        path = _choose(resume, output_dir, fingerprint, allow_change)
+        path = _choose(resume, output_dir, fingerprint, allow_change, end)
     except UserError as e:
         if store is not None:
             exchange("resume", json.dumps({"error": str(e)}), store)
@@ -95,12 +98,16 @@ def resolve_resume(
 
 
 def _choose(
-    resume: str, output_dir: str, fingerprint: dict[str, Any] | None, allow_change: bool
+    resume: str,
+    output_dir: str,
+    fingerprint: dict[str, Any] | None,
+    allow_change: bool,
+    end: tuple[int, float] | None = None,
 ) -> str | None:
     if resume == "never":
         path = None
     elif resume == "auto":
-        path = newest_intact(output_dir)
+        path = newest_intact(output_dir, end)
     elif not os.path.isdir(resume):
         raise UserError(f"trainer.resume: checkpoint directory not found: {resume}")
     elif not is_complete(resume):
@@ -137,12 +144,38 @@ def damage(path: str) -> list[str]:
     return manifest.problems(path, files) or manifest.check_dcp_metadata(path)
 
 
-def newest_intact(output_dir: str) -> str | None:
-    """The newest complete checkpoint whose files match its manifest. Damaged newer ones are set
-    aside with a warning; when every complete checkpoint is damaged, nothing is moved and the
-    run stops with what was found (resuming from step 0 instead would silently lose the work)."""
+def past_end(path: str, end: tuple[int, float]) -> bool:
+    """Whether a checkpoint is beyond where this run ends (`end`: max_steps, and num_train_epochs
+    when max_steps <= 0): a run asked to be shorter than what is there does not resume past its
+    own end (that would train nothing and save the longer run's weights as its own)."""
+    max_steps, epochs = end
+    try:
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return False  # unreadable: damage() reports it
+    if max_steps > 0:
+        return step_of(path) > max_steps
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return isinstance(epoch, int | float) and epoch > epochs + 1e-6
+
+
+def newest_intact(output_dir: str, end: tuple[int, float] | None = None) -> str | None:
+    """The newest complete checkpoint whose files match its manifest, and not past `end`. Damaged
+    newer ones are set aside with a warning; when every complete checkpoint is damaged, nothing is
+    moved and the run stops with what was found (resuming from step 0 instead would silently lose
+    the work). Those past `end` are set aside by set_aside_newer (never deleted)."""
     broken = []
-    for path in reversed([p for _, p in checkpoints(output_dir) if is_complete(p)]):
+    complete = [p for _, p in checkpoints(output_dir) if is_complete(p)]
+    beyond = [p for p in complete if end is not None and past_end(p, end)]
+    if beyond:
+        log.warning(
+            "%s: past this run's end (trainer.max_steps=%d, num_train_epochs=%g): this run starts before them, "
+            "and sets them aside",
+            ", ".join(beyond),
+            *end,
+        )
+    for path in reversed([p for p in complete if p not in beyond]):
         found = damage(path)
         if not found:
             for b, why in broken:
@@ -295,13 +328,17 @@ def write_error_reason(error: BaseException, directory: str) -> str:
     return f"{text}, {free / 2**20:.1f} MiB free in {directory}"
 
 
-def rotate(output_dir: str, keep: int | None) -> None:
-    """Keep the `keep` newest complete checkpoints. Runs after the newest is marked complete (the
-    Trainer's own rotation runs before that, and could leave no complete checkpoint at all)."""
+def rotate(output_dir: str, keep: int | None, protect: str | None = None) -> None:
+    """Keep the `keep` newest complete checkpoints, and `protect` (the best one so far, which
+    trainer.args.load_best_model_at_end loads at the end). Runs after the newest is marked
+    complete (the Trainer's own rotation runs before that, and could leave no complete checkpoint)."""
     if not keep:
         return
     complete = [p for _, p in checkpoints(output_dir) if is_complete(p)]
+    kept = os.path.realpath(protect) if protect else None
     for path in complete[:-keep]:
+        if os.path.realpath(path) == kept:
+            continue
         log.info("deleting old checkpoint %s (trainer.save_total_limit=%d)", path, keep)
         shutil.rmtree(path, ignore_errors=True)
 
@@ -329,7 +366,10 @@ def run_fingerprint(
         "data.path": d.path,
         "data.eval_path": d.eval_path,
         "data.eval_fraction": d.eval_fraction,
-        "data.template": value(d.template),
+        "data.template": d.template,
+        "data.template_kwargs": dict(d.template_kwargs),
+        "data.train_on": value(d.train_on),
+        "data.reasoning": value(d.reasoning),
         "data.max_length": d.max_length,
         "global_batch_size": global_batch,
         "trainer.seed": t.seed,
@@ -346,7 +386,20 @@ def run_fingerprint(
             f"adapter.{k}": value(v) if not isinstance(v, list) else list(v)
             for k, v in vars(cfg.adapter).items()
         },
+        # TrainingArguments passed through; those in RESUME_SAFE may change at resume
+        **{f"trainer.args.{k}": v for k, v in sorted(trainer_args(t.args).items())},
     }
+
+
+# Fingerprint keys a resumed run may change without asking: how long it trains, not what a step
+# does (a longer or shorter run continues the same weights and optimizer state; the lr schedule
+# is that of the new length from the resumed step on). Logging, eval and save cadence,
+# report_to and save_total_limit are not in the fingerprint at all.
+RESUME_SAFE = (
+    "trainer.max_steps",
+    "trainer.num_train_epochs",
+    *(f"trainer.args.{k}" for k in TRAINER_ARGS_RESUME_SAFE),
+)
 
 
 def write_fingerprint(path: str, fingerprint: dict[str, Any]) -> None:
@@ -355,26 +408,35 @@ def write_fingerprint(path: str, fingerprint: dict[str, Any]) -> None:
 
 
 def check_compatible(path: str, fingerprint: dict[str, Any], allow_change: bool) -> None:
+    """Refuse to resume `path` when a fingerprint key outside RESUME_SAFE differs (unless
+    `allow_change`); changes of RESUME_SAFE keys are logged and resumed across."""
     file = os.path.join(path, RUN_FILE)
     if not os.path.isfile(file):
         log.warning("%s has no %s: cannot check that it comes from the same config", path, RUN_FILE)
         return
     with open(file) as f:
         saved = json.load(f)
-    diffs = [
-        f"{k}: {saved.get(k)!r} in the checkpoint, {fingerprint.get(k)!r} now"
-        for k in sorted(set(saved) | set(fingerprint))
-        if saved.get(k) != fingerprint.get(k)
-    ]
-    if not diffs:
+    changed = [k for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
+    diff = lambda k: f"{k}: {saved.get(k)!r} in the checkpoint, {fingerprint.get(k)!r} now"  # noqa: E731
+    safe = [diff(k) for k in changed if k in RESUME_SAFE]
+    unsafe = [diff(k) for k in changed if k not in RESUME_SAFE]
+    if safe:
+        log.info("resuming %s across changes that are safe to resume across: %s", path, "; ".join(safe))
+    if not unsafe:
         return
-    msg = f"the config differs from that of the run that wrote {path}:\n  " + "\n  ".join(diffs)
+    msg = f"the config differs from that of the run that wrote {path}:\n  " + "\n  ".join(unsafe)
     if allow_change:
         log.warning("resuming anyway (trainer.resume_on_config_change=true): %s", msg)
         return
+    run_dir = os.path.dirname(os.path.abspath(path))
+    n = 2
+    while os.path.exists(f"{run_dir}-{n}"):
+        n += 1
     raise UserError(
-        f"refusing to resume: {msg}\nSet trainer.resume_on_config_change=true to resume anyway, "
-        "trainer.resume=never to start over, or another hydra.run.dir"
+        f"refusing to resume: {msg}\nResuming would continue weights and optimizer state trained under "
+        f"the other config. Start a new run in another directory (hydra.run.dir={run_dir}-{n}), or start "
+        "over in this one with trainer.resume=never (its checkpoints are set aside); only if you know the "
+        "change is harmless, trainer.resume_on_config_change=true resumes anyway"
     )
 
 

@@ -6,7 +6,6 @@ import shutil
 from typing import Any
 
 from ..config import Config, Dtype
-from ..data.conversation import CHAT_TEMPLATE
 from ..errors import UserError
 from ..files import replace_dir
 from ..model import adapters
@@ -20,8 +19,16 @@ def save_dtype(cfg: Config) -> Dtype:
     return cfg.autocast_dtype()
 
 
+def stop_ids(eos: int | list[int] | None, eot: int) -> int | list[int]:
+    """generation_config.eos_token_id: the ids it stops at already, and the template's end of turn."""
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    ids = [*ids, eot] if eot not in ids else ids
+    return ids[0] if len(ids) == 1 else ids
+
+
 def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> dict[str, str | None]:
-    """`final/`: safetensors in `save_dtype`, use_cache on, the Vicuna chat template.
+    """`final/`: safetensors in `save_dtype`, use_cache on, the training chat template, generation
+    stopping at its end-of-turn token.
     Written next to its final place and renamed, so `final/` is never half-written.
     An adapter run first writes the adapter alone beside it (`final_adapter/`, model/adapters.py),
     and `final/` gets the adapter merged into the base, or is not written (adapter.merge=false).
@@ -48,7 +55,12 @@ def save_final(trainer: Any, tokenizer: Any, cfg: Config) -> dict[str, str | Non
 
 
 def _write(trainer: Any, tokenizer: Any, state_dict: dict, dtype: Any, final: str, cfg: Config) -> None:
+    from ..data.encode import Encoder
+
     set_inference_pad_token(tokenizer)  # batched generate pads; training never needed one
+    # serving renders with the very template training rendered with, and stops at its end of turn
+    encoder = Encoder.for_data(cfg.data, tokenizer)
+    tokenizer.chat_template = encoder.template.source
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     exported = adapters.export(unwrapped, state_dict, cfg, tokenizer, trainer.args.output_dir)
     if adapters.adapter_dir(cfg):
@@ -61,12 +73,12 @@ def _write(trainer: Any, tokenizer: Any, state_dict: dict, dtype: Any, final: st
     state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = stop_ids(model.generation_config.eos_token_id, encoder.eot_id)
     model.save_pretrained(partial, state_dict=state_dict)
     # save_pretrained records the in-memory dtype; the files hold `dtype`, and inference wants the cache
     config = copy.deepcopy(model.config)
     config.dtype, config.use_cache, config.pad_token_id = dtype, True, tokenizer.pad_token_id
     config.save_pretrained(partial)
-    tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(partial)
     apply_umask(partial)
     replace_dir(partial, final)  # the old final/ whole until the new one is in

@@ -1,6 +1,8 @@
 """`plots/loss.png` of a run: train loss per logged step, eval loss points, learning rate on a
 second axis. Drawn from the Trainer's `log_history` (what `trainer_state.json` holds) at every
-save and at the end, on rank 0. matplotlib's object API with the Agg canvas: no display, no
+save and at the end, on rank 0; the learning rate of every step this process trained (read from
+the scheduler after each optimizer step: joining only the logged points would draw a 2-step
+warmup as one as long as the logging interval), the logged points before a resume. matplotlib's object API with the Agg canvas: no display, no
 pyplot global state, the same on a headless node as on a laptop."""
 
 from __future__ import annotations
@@ -35,7 +37,23 @@ def series(log_history: list[dict[str, Any]], key: str) -> tuple[list[int], list
     return [s for s, _ in points], [v for _, v in points]
 
 
-def loss_figure(log_history: list[dict[str, Any]], title: str = "") -> Any:
+def lr_series(
+    log_history: list[dict[str, Any]], per_step: dict[int, float] | None
+) -> tuple[list[int], list[float]]:
+    """The learning rate of each step in `per_step`, after the logged ones of earlier steps (those
+    trained before this process resumed the run)."""
+    steps, lrs = series(log_history, "learning_rate")
+    if not per_step:
+        return steps, lrs
+    first = min(per_step)
+    earlier = [(s, v) for s, v in zip(steps, lrs) if s < first]
+    points = earlier + sorted(per_step.items())
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def loss_figure(
+    log_history: list[dict[str, Any]], title: str = "", lr_per_step: dict[int, float] | None = None
+) -> Any:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.5), layout="constrained")
@@ -47,7 +65,7 @@ def loss_figure(log_history: list[dict[str, Any]], title: str = "") -> Any:
     ax.grid(alpha=0.3)
     lr_ax = ax.twinx()
     lr_ax.plot(
-        *series(log_history, "learning_rate"),
+        *lr_series(log_history, lr_per_step),
         "--",
         color="tab:gray",
         linewidth=1,
@@ -74,9 +92,12 @@ def save_figure(fig: Any, path: str) -> str:
     return path
 
 
-def write_loss_plot(log_history: list[dict[str, Any]], output_dir: str) -> str:
+def write_loss_plot(
+    log_history: list[dict[str, Any]], output_dir: str, lr_per_step: dict[int, float] | None = None
+) -> str:
     title = os.path.basename(os.path.normpath(output_dir))
-    return save_figure(loss_figure(log_history, title), os.path.join(output_dir, PLOTS_DIR, LOSS_PLOT))
+    figure = loss_figure(log_history, title, lr_per_step)
+    return save_figure(figure, os.path.join(output_dir, PLOTS_DIR, LOSS_PLOT))
 
 
 class LossPlot(TrainerCallback):
@@ -85,13 +106,21 @@ class LossPlot(TrainerCallback):
 
     def __init__(self) -> None:
         self.ended = False
+        self.lr: dict[int, float] = {}  # step -> the learning rate it trained at, this process
 
     def _draw(self, args, state) -> None:
         if state.is_world_process_zero:
-            write_loss_plot(state.log_history, args.output_dir)
+            write_loss_plot(state.log_history, args.output_dir, self.lr)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.ended = False
+        self.lr = {}
+        return control
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        # after the optimizer step and the scheduler's: the lr the Trainer logs for this step
+        if state.is_world_process_zero and lr_scheduler is not None:
+            self.lr[state.global_step] = float(lr_scheduler.get_last_lr()[0])
         return control
 
     def on_save(self, args, state, control, **kwargs):

@@ -5,6 +5,7 @@ import math
 import os
 from typing import Any
 
+from ..errors import to_log_files
 from .checkpoint import step_of
 
 RESULT_FILE = "result.json"
@@ -86,7 +87,7 @@ def print_result(r: dict[str, Any]) -> None:
     def fmt(x: Any) -> str:
         return f"{x:.4f}" if isinstance(x, float) else str(x)
 
-    print(
+    text = (
         f"\nvicuna_sft: {r['global_step']} steps"
         + (f" (resumed from {r['resumed_from']})" if r["resumed_from"] else "")
         + f"\n  train loss  first {fmt(r['first_train_loss'])}  last {fmt(r['final_train_loss'])}"
@@ -102,6 +103,7 @@ def print_result(r: dict[str, Any]) -> None:
             if r["adapter_dir"]
             else ""
         )
-        + "\n",
-        flush=True,
+        + "\n"
     )
+    print(text, flush=True)
+    to_log_files(text.strip())  # the result in the run's log too

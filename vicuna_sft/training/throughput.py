@@ -259,8 +259,14 @@ class EtaProgress(ProgressCallback):
         super().__init__()
         self.timer = StepTimer()
 
+    # tqdm's own bar without its `<remaining`: that one extrapolates wall time per step from the
+    # whole run so far (saves, evals and the first slow steps included) and disagreed with ours
+    BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.bar_format = self.BAR_FORMAT
         self.timer.resume()
 
     def on_step_end(self, args, state, control, **kwargs):
