@@ -80,7 +80,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 typecheck: $(STAMP) ## optional mypy pass
 	$(PY) -m pip install -q mypy && $(PY) -m mypy vicuna_sft --ignore-missing-imports
 
-bench: $(STAMP) ## throughput benchmarks (prints ratios measured side by side)
+bench: $(STAMP) ## throughput and memory benchmarks (prints ratios measured side by side), the what-fits table
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean: ## remove run outputs and caches (keeps .venv)

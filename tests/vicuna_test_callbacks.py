@@ -54,11 +54,16 @@ class LayoutReport(TrainerCallback):
         params = {}
         for name, p in model.named_parameters():
             dt = isinstance(p, DTensor)
+            owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             params[name] = {
                 "dtensor": dt,
                 "placements": [repr(x) for x in p.placements] if dt else [],
                 "local_numel": (p.to_local() if dt else p).numel(),
                 "numel": p.numel(),
+                "dtype": str(p.dtype),
+                # the layer holding it, and (a linear layer) how many weights that stands for
+                "module": type(owner).__name__,
+                "weights": getattr(owner, "in_features", 0) * getattr(owner, "out_features", 0),
             }
         self.report = {"params": params, "model_class": type(model).__name__}
         return control
@@ -70,6 +75,7 @@ class LayoutReport(TrainerCallback):
         with torch.no_grad():
             loss = model(**batch, labels=batch["input_ids"], use_cache=False).loss
         self.report["final_loss_fixed_text"] = loss.item()
+        self.report["modules_at_end"] = sorted({type(m).__name__ for m in model.modules()})
         os.makedirs(self.directory, exist_ok=True)
         with open(os.path.join(self.directory, f"layout_rank{args.process_index}.json"), "w") as f:
             json.dump(self.report, f, indent=2)

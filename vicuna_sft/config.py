@@ -111,6 +111,19 @@ class LoraBias(str, Enum):
     lora_only = "lora_only"
 
 
+class LoraInit(str, Enum):
+    """How LoRA's matrices start (PEFT's `init_lora_weights`); each is deterministic given the seed
+    and the base weights, so a saved adapter reloads onto the original base exactly."""
+
+    default = "default"  # A Kaiming-uniform, B zero: the adapter starts as a no-op (PEFT's True)
+    gaussian = "gaussian"  # A Gaussian scaled by the rank, B zero
+    # A, B from the base weight's top singular vectors, the base replaced by the residual
+    # (Meng et al. 2024); PEFT recomputes the residual when the adapter is loaded
+    pissa = "pissa"
+    olora = "olora"  # A, B from a QR decomposition of the base weight, the base replaced likewise
+    orthogonal = "orthogonal"  # A and B orthogonal, scaled so that B A = 0
+
+
 class QuantType(str, Enum):
     nf4 = "nf4"  # 4-bit NormalFloat (QLoRA paper)
     fp4 = "fp4"
@@ -148,8 +161,20 @@ class LossKind(str, Enum):
 
 
 class Optim(str, Enum):
-    adamw_torch = "adamw_torch"
+    """transformers' `optim` names (TrainingArguments.optim), one YAML per choice in conf/optimizer/.
+    What each needs to run (a package, CUDA): training/optimizers.py REQUIREMENTS, checked at preflight."""
+
+    adamw_torch = "adamw_torch"  # fp32 first and second moments: 8 bytes of state per trained parameter
     adamw_torch_fused = "adamw_torch_fused"
+    # bitsandbytes: both moments block-wise quantized to 8 bits (~2 B/param); tensors under
+    # 4096 elements and the embeddings keep 32-bit state (bitsandbytes' min_8bit_size, transformers)
+    adamw_8bit = "adamw_8bit"
+    # as adamw_8bit, its state in CUDA unified memory that pages out to CPU memory under pressure
+    paged_adamw_8bit = "paged_adamw_8bit"
+    paged_adamw_32bit = "paged_adamw_32bit"
+    # factored second moment (a row and a column vector per matrix), no first moment: ~0 B/param
+    adafactor = "adafactor"
+    lion_8bit = "lion_8bit"  # sign of an interpolated momentum: one 8-bit moment (~1 B/param)
 
 
 @dataclass
@@ -280,6 +305,12 @@ class AdapterConfig:
     bias: LoraBias = LoraBias.none
     modules_to_save: list[str] = field(default_factory=list)  # trained in full and saved with the adapter
     merge: bool = True  # also write final/: the adapter merged into the base, in model.save_dtype
+    # DoRA (Liu et al. 2024): each adapted weight split into a trained magnitude and a LoRA-updated direction
+    use_dora: bool = False
+    use_rslora: bool = False  # rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r
+    init: LoraInit = LoraInit.default
+    # LoRA+ (Hayou et al. 2024): the B matrices learn at optimizer.lr x lr_ratio (e.g. 16); None: the same lr
+    lr_ratio: float | None = None
     # qlora: the frozen base quantized to 4 bits at load time
     quant_type: QuantType = QuantType.nf4
     double_quant: bool = True

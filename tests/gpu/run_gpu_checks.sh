@@ -11,7 +11,8 @@
 #   headline python -m vicuna_sft attention=flash fsdp=full_shard, bf16, tiny model, 40 steps: the
 #            loss decreases by > 0.5.
 #   liger    the same run with loss=liger (liger-kernel's fused linear cross-entropy), fsdp=none.
-#   qlora    the same run (fsdp=none) with adapter=qlora: a bitsandbytes nf4 base on CUDA.
+#   qlora    the same run (fsdp=full_shard: FSDP-QLoRA, the nf4 base stored in bf16 and sharded by
+#            FSDP2) with adapter=qlora and optimizer=paged_adamw_8bit (CUDA only: refused on CPU).
 # The runs read data lazily (no datasets package needed) and log to no tracker (report_to=[]).
 # SETUP_ONLY=1 stops after setup (tests/gpu/prove_offline_setup.sh runs it so on CPU).
 set -uo pipefail
@@ -79,7 +80,7 @@ step_liger() {
 
 step_qlora() {
   $PY -c "import bitsandbytes" 2>/dev/null || { echo "bitsandbytes not installed"; return 77; }
-  MIN_DROP=0 train_and_check qlora fsdp=none adapter=qlora "adapter.target_modules=[all-linear]" optimizer.lr=2e-2
+  MIN_DROP=0 train_and_check qlora adapter=qlora optimizer=paged_adamw_8bit optimizer.lr=2e-2
 }
 export -f step_setup step_pytest train_and_check step_headline step_liger step_qlora
 

@@ -144,3 +144,82 @@ def test_fsdp_resume_from_an_adapter_checkpoint_ends_where_the_uninterrupted_run
         load_file(root / n / "final_adapter" / "adapter_model.safetensors") for n in ("fsdp", "fsdp_resumed")
     )
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+# ---- adapter=qlora under FSDP2: the 4-bit base sharded -------------------------------------------
+
+QLORA = [c for c in COMMON if c != "adapter=lora"] + ["adapter=qlora"]
+
+
+@pytest.fixture(scope="module")
+def qlora_runs(tmp_path_factory, tiny_dir):
+    """adapter=qlora on 1 process and with fsdp=full_shard on 2 (bnb_4bit_quant_storage = the
+    compute dtype, so that FSDP2 shards the packed 4-bit weights like any float parameter)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("qlora_dist")
+    env = {
+        **os.environ,
+        "VICUNA_SFT_CACHE": str(tiny_dir.parent),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        env.pop(k, None)
+    for name, extra in {
+        "single": ["trainer.per_device_train_batch_size=4"],
+        "fsdp": ["trainer.per_device_train_batch_size=2", "fsdp=full_shard", "distributed.nproc_per_node=2"],
+    }.items():
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vicuna_sft",
+                *QLORA,
+                *extra,
+                override("LayoutReport", directory=str(root / f"report_{name}")),
+                f"hydra.run.dir={root / name}",
+            ],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+        (root / f"{name}.log").write_text(r.stdout + r.stderr)
+    return root
+
+
+def test_two_rank_qlora_matches_one_rank_per_step(qlora_runs):
+    root = qlora_runs
+    single, fsdp = losses(root / "single"), losses(root / "fsdp")
+    assert sorted(single) == list(range(1, STEPS + 1)) and fsdp.keys() == single.keys()
+    worst = max(abs(fsdp[s] - single[s]) for s in single)
+    print(f"max per-step |dloss| fsdp=full_shard adapter=qlora (2 ranks) vs 1 rank: {worst:.2e}")
+    assert worst <= 1e-4, (single, fsdp)
+    assert single[STEPS] < single[1]
+    # the merged final/ (adapter merged into the unquantized base) as on one rank
+    ma, mb = (load_file(root / n / "final" / "model.safetensors") for n in ("single", "fsdp"))
+    assert ma.keys() == mb.keys() and max((ma[k] - mb[k]).abs().max().item() for k in ma) < 1e-4
+    # a mid-run checkpoint holds the adapter alone, marked complete
+    ckpt = root / "fsdp" / f"checkpoint-{SAVE}"
+    assert (ckpt / "COMPLETE").is_file()
+    saved = torch.load(ckpt / "pytorch_model_fsdp.bin", weights_only=False)
+    assert saved and all("lora_" in k for k in saved), sorted(saved)[:5]
+
+
+def test_the_4bit_base_is_sharded_and_stays_4bit(qlora_runs):
+    root = qlora_runs
+    r0, r1 = (json.loads((root / "report_fsdp" / f"layout_rank{r}.json").read_text()) for r in (0, 1))
+    four_bit = {n: p for n, p in r0["params"].items() if p["module"] == "Linear4bit" and "lora_" not in n}
+    assert len(four_bit) == 7 * 2  # every decoder linear of the tiny model's 2 layers
+    for name, p in four_bit.items():
+        # packed: two 4-bit weights per byte, in a float32 storage tensor (quant_storage)
+        assert p["dtype"] == "torch.float32" and p["numel"] * 4 * 2 == p["weights"], (name, p)
+        assert p["dtensor"] and p["placements"] == ["Shard(dim=0)"], name
+        assert p["local_numel"] + r1["params"][name]["local_numel"] == p["numel"], name
+        assert p["local_numel"] < p["numel"], name
+    assert "Linear4bit" in r0["modules_at_end"]  # still 4-bit after training

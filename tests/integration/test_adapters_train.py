@@ -242,7 +242,7 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_the_unquantized_one(tmp_pat
     assert len(four_bit) == 7 * base.config.num_hidden_layers
     for name, p in model.named_parameters():
         if isinstance(p, bnb.nn.Params4bit):
-            assert not p.requires_grad and p.dtype == torch.uint8, name
+            assert not p.requires_grad and p.dtype == torch.float32, name
             assert p.quant_state.quant_type == "nf4", name
     from vicuna_sft.training.final import save_final
 
@@ -315,3 +315,80 @@ def test_resume_after_kill_matches_uninterrupted_adapter(tmp_path, run_module, c
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"lora: kill, resume: max |dw| of the adapter vs uninterrupted = {diff:.2e}")
     assert diff <= 1e-6, diff
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        (["adapter.use_dora=true"], {"use_dora": True, "use_rslora": False, "init_lora_weights": True}),
+        (
+            ["adapter.use_rslora=true", "adapter.init=pissa"],
+            {"use_dora": False, "use_rslora": True, "init_lora_weights": "pissa"},
+        ),
+        (["adapter.init=olora"], {"use_dora": False, "use_rslora": False, "init_lora_weights": "olora"}),
+    ],
+    ids=["dora", "rslora+pissa", "olora"],
+)
+def test_lora_variants_are_saved_as_such_and_merge_through_peft(tmp_path, tiny_dir, variant, expected):
+    """DoRA, rsLoRA, PiSSA/OLoRA (which replace the base by its residual): the saved adapter says
+    which, and final/ is the original base with that adapter merged by PEFT (PEFT recomputes the
+    residual from the original base when it loads a PiSSA/OLoRA adapter)."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    cfg = compose_config(
+        out, tiny_dir, "adapter=lora", "adapter.target_modules=[all-linear]", "trainer.max_steps=6", *variant
+    )
+    trainer, tokenizer = build_trainer(cfg)
+    trainer.train()
+    losses = logged_losses(trainer)
+    assert len(losses) == 6 and losses[-1] < losses[0], losses
+    from vicuna_sft.training.final import save_final
+
+    save_final(trainer, tokenizer, cfg)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    trained = logits(trainer.model, batch)
+    release(trainer)
+    saved = json.loads((out / "final_adapter" / "adapter_config.json").read_text())
+    assert {k: saved[k] for k in expected} == expected
+    if expected["use_dora"]:  # the trained magnitudes are part of the adapter
+        assert any(
+            "lora_magnitude_vector" in k
+            for k in load_file(out / "final_adapter" / "adapter_model.safetensors")
+        )
+    through_peft = logits(AutoPeftModelForCausalLM.from_pretrained(out / "final_adapter"), batch)
+    merged = logits(AutoModelForCausalLM.from_pretrained(out / "final"), batch)
+    torch.testing.assert_close(merged, through_peft, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(through_peft, trained, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_plus_gives_the_b_matrices_lr_times_the_ratio(tmp_path, tiny_dir):
+    cfg = compose_config(
+        tmp_path / "run",
+        tiny_dir,
+        "adapter=lora",
+        "adapter.lr_ratio=16",
+        "optimizer=adamw_8bit",  # LoRA+ regroups whichever optimizer TrainingArguments.optim names
+        "optimizer.lr=1e-3",
+        "optimizer.weight_decay=0.01",
+        "trainer.max_steps=3",
+    )
+    trainer, _ = build_trainer(cfg)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert len(logged_losses(trainer)) == 3
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert type(optimizer).__module__.startswith("bitsandbytes.optim")  # transformers' adamw_8bit, regrouped
+    states = [s for s in optimizer.state.values() if "state1" in s]
+    assert states and all(s["state1"].dtype == torch.uint8 for s in states if s["state1"].numel() >= 4096)
+    lr_of = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    decay_of = {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    release(trainer)
+    a = {n: lr for n, lr in lr_of.items() if ".lora_A." in n}
+    b = {n: lr for n, lr in lr_of.items() if ".lora_B." in n}
+    assert a and b and len(a) + len(b) == len(lr_of)  # every trained parameter is an A or a B
+    assert sorted(set(a.values())) == [pytest.approx(1e-3)] and sorted(set(b.values())) == [
+        pytest.approx(16e-3)
+    ]
+    assert set(decay_of.values()) == {0.01}

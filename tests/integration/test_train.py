@@ -106,10 +106,23 @@ def test_train_eval_save_reload(tmp_path, run_module, sample_path):
     assert out.shape[0] == 2 and out.shape[1] > batch.input_ids.shape[1]
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, run_module, cache_dir):
+@pytest.mark.parametrize(
+    ("optimizer", "max_steps", "save_steps", "state_key"),
+    [
+        ("adamw", 120, 20, "exp_avg"),
+        # the low-memory optimizers that run on CPU, shorter: their state must be restored exactly
+        # too (bitsandbytes' quantized moments and block scales, Adafactor's factored rows/columns)
+        ("adamw_8bit", 30, 10, "state1"),
+        ("adafactor", 30, 10, "exp_avg_sq_row"),
+    ],
+)
+def test_resume_after_kill_matches_uninterrupted_run(
+    tmp_path, run_module, cache_dir, optimizer, max_steps, save_steps, state_key
+):
     common = [
-        "trainer.max_steps=120",
-        "trainer.save_steps=20",
+        f"optimizer={optimizer}",
+        f"trainer.max_steps={max_steps}",
+        f"trainer.save_steps={save_steps}",
         "trainer.eval_strategy=no",
         "trainer.resume=auto",
     ]
@@ -123,19 +136,25 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, run_module, cache
     cmd = [sys.executable, "-m", "vicuna_sft", *overrides(crashed, *common)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (crashed / "checkpoint-20" / "COMPLETE").exists():
+    while not (crashed / f"checkpoint-{save_steps}" / "COMPLETE").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps = sorted(int(p.name.split("-")[1]) for p in crashed.glob("checkpoint-*"))
-    assert steps and max(steps) < 120, steps  # the kill really cut the run short
+    assert steps and max(steps) < max_steps, steps  # the kill really cut the run short
     assert not (crashed / "final").exists()
+    # the checkpoint resumed from holds this optimizer's own state
+    state = torch.load(crashed / f"checkpoint-{max(steps)}" / "optimizer.pt", weights_only=False)["state"]
+    keys = [{*s, *s.get("__bnb_optimizer_quant_state__", {})} for s in state.values()]  # bnb nests its own
+    assert any(state_key in k for k in keys), keys[:2]
 
     r = run_module("vicuna_sft", *overrides(crashed, *common), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((crashed / "result.json").read_text())
-    assert result["resumed_from"] is not None and result["global_step"] == 120
+    assert result["resumed_from"] is not None and result["global_step"] == max_steps
+    log = (crashed / "vicuna_sft.log").read_text()
+    assert f"optimizer {'adamw_torch' if optimizer == 'adamw' else optimizer} (" in log
     a, b = (load_file(d / "final" / "model.safetensors") for d in (straight, crashed))
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)

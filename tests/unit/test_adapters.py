@@ -54,6 +54,8 @@ def test_adapter_options_are_the_enum_and_lora_is_fastchat(make):
     )
     q = make("adapter=qlora").adapter
     assert (q.kind, q.quant_type, q.double_quant) == (C.AdapterKind.qlora, C.QuantType.nf4, True)
+    assert q.target_modules == ["all-linear"]  # the QLoRA recipe adapts every linear layer
+    assert (a.use_dora, a.use_rslora, a.init, a.lr_ratio) == (False, False, C.LoraInit.default, None)
     recipe = make("experiment=vicuna_7b_lora", "data.path=sharegpt.json")
     assert recipe.adapter.kind == C.AdapterKind.lora and recipe.model.name_or_path == "lmsys/vicuna-7b-v1.5"
     with pytest.raises(Exception, match="kind"):
@@ -92,6 +94,27 @@ def test_bad_values_are_refused_together(make):
     assert "adapter.r must be >= 1" in msg and "adapter.dropout" in msg and "all-linear stands alone" in msg
 
 
+def test_lora_variants_map_to_peft_and_their_misuses_are_refused(make):
+    a = make("adapter=lora", "adapter.use_dora=true", "adapter.use_rslora=true", "adapter.init=pissa").adapter
+    peft = adapters.lora_config(a)
+    assert (peft.use_dora, peft.use_rslora, peft.init_lora_weights) == (True, True, "pissa")
+    assert adapters.lora_config(make("adapter=lora").adapter).init_lora_weights is True  # PEFT's default
+    with pytest.raises(Exception) as e:
+        make("adapter=lora", "adapter.init=pisa")
+    listed = str(e.value.__cause__)
+    assert "Invalid value 'pisa'" in listed and all(m.value in listed for m in C.LoraInit), listed
+    with pytest.raises(ConfigError) as e:
+        validate(make("adapter.lr_ratio=16"))  # adapter=none: nothing has B matrices
+    assert "adapter.lr_ratio (LoRA+) sets the lr of LoRA's B matrices: it needs adapter=lora or qlora" in str(
+        e.value
+    )
+    with pytest.raises(ConfigError, match=r"adapter\.lr_ratio must be > 0"):
+        validate(make("adapter=lora", "adapter.lr_ratio=0"))
+    with pytest.raises(ConfigError, match=r"adapter\.init=olora replaces the base weights by their residual"):
+        validate(make("adapter=qlora", "adapter.init=olora"))
+    validate(make("adapter=qlora", "adapter.init=gaussian", "adapter.use_dora=true", "adapter.lr_ratio=16"))
+
+
 def test_qlora_without_bitsandbytes_names_the_extra(make, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes -> ImportError
     with pytest.raises(adapters.AdapterError, match=r"pip install 'vicuna_sft\[qlora\]'"):
@@ -110,13 +133,25 @@ def test_qlora_on_a_device_bitsandbytes_cannot_quantize_on(make, monkeypatch):
         check_on(make("adapter=qlora", "trainer.use_cpu=true"), cuda=True)
 
 
-@pytest.mark.parametrize("strategy", ["full_shard", "shard_grad_op", "hybrid_shard", "full_shard_offload"])
-def test_qlora_with_a_sharding_strategy_is_refused(make, strategy):
+@pytest.mark.parametrize("strategy", ["hybrid_shard", "full_shard_offload"])
+def test_qlora_with_an_untested_sharding_strategy_is_refused(make, strategy):
     extra = ["distributed.nnodes=2", "distributed.nproc_per_node=2"] if strategy == "hybrid_shard" else []
     with pytest.raises(ConfigError, match=f"adapter=qlora with fsdp={strategy} is not supported"):
         validate(make("adapter=qlora", f"fsdp={strategy}", *extra))
-    validate(make("adapter=qlora", "fsdp=ddp"))
     validate(make("adapter=lora", f"fsdp={strategy}", *extra))
+
+
+@pytest.mark.parametrize("strategy", ["full_shard", "shard_grad_op", "ddp"])
+def test_qlora_shards_with_full_shard_and_shard_grad_op_in_a_float_storage(make, strategy):
+    """FSDP-QLoRA: the packed 4-bit weights are stored in the compute dtype, a float tensor FSDP2
+    shards like any parameter (accelerate leaves uint8 ones unsharded)."""
+    import torch
+
+    validate(make("adapter=qlora", f"fsdp={strategy}"))
+    q = adapters.load_kwargs(make("adapter=qlora", f"fsdp={strategy}", "trainer.use_cpu=true"))
+    assert q["quantization_config"].bnb_4bit_quant_storage == torch.float32
+    bf16 = adapters.load_kwargs(make("adapter=qlora", "trainer.use_cpu=true", "trainer.precision=bf16"))
+    assert bf16["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
 
 
 def test_unknown_target_modules_fail_before_any_weight_loads(make, tiny_dir, monkeypatch):

@@ -101,6 +101,7 @@ def preflight(cfg: Config, plan: RunPlan) -> None:
     """Refuse what cannot run here before workers start, data is encoded or weights load."""
     from ..data.sources import check_files
     from ..model.loading import check_adapter, check_attention, check_loss, check_tokenizer_files
+    from ..training import optimizers
     from ..training.arguments import check_fsdp
 
     check_files(cfg.data)  # a missing file would otherwise be found by a worker, after its start-up
@@ -108,6 +109,7 @@ def preflight(cfg: Config, plan: RunPlan) -> None:
     check_attention(cfg)
     check_loss(cfg)
     check_adapter(cfg, plan)
+    optimizers.check(cfg)
     check_fsdp(cfg, plan)
     check_writable_dir(cfg.trainer.output_dir)
 

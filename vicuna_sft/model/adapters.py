@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..config import AdapterConfig, AdapterKind, Config, Dtype
+from ..config import AdapterConfig, AdapterKind, Config, Dtype, LoraInit
 from ..errors import UserError
 from ..plan import RunPlan, torch_dtype
 
@@ -134,6 +134,10 @@ def load_kwargs(cfg: Config, plan: RunPlan) -> dict[str, Any]:
             bnb_4bit_quant_type=a.quant_type.value,
             bnb_4bit_use_double_quant=a.double_quant,
             bnb_4bit_compute_dtype=torch_dtype(compute_dtype(cfg, plan)),
+            # the packed 4-bit weights stored as a float tensor (of the compute dtype) instead of
+            # uint8: FSDP2 shards every parameter of a group alike and accelerate's FSDP-QLoRA
+            # path expects a float storage dtype (fsdp_utils); nothing changes without FSDP
+            bnb_4bit_quant_storage=torch_dtype(compute_dtype(cfg, plan)),
         ),
         "device_map": {"": device},
     }
@@ -151,6 +155,9 @@ def lora_config(a: AdapterConfig) -> Any:
         target_modules="all-linear" if targets == ["all-linear"] else targets,
         bias=a.bias.value,
         modules_to_save=list(a.modules_to_save) or None,
+        use_dora=a.use_dora,
+        use_rslora=a.use_rslora,
+        init_lora_weights=True if a.init == LoraInit.default else a.init.value,
     )
 
 
@@ -175,6 +182,8 @@ def apply(model: Any, cfg: Config) -> Any:
         if os.path.isdir(peft_config.base_model_name_or_path or ""):
             # the saved adapter names its base: absolute, so that it loads from any directory
             peft_config.base_model_name_or_path = os.path.abspath(peft_config.base_model_name_or_path)
+        # read by the Trainer's create_optimizer (loraplus_optimizer), from this instance only
+        setattr(model, LORA_PLUS_RATIO, a.lr_ratio)
         if cfg.model.activation_checkpointing:
             # the embeddings are frozen: without this, checkpointed layers whose input needs no grad
             # would (with reentrant checkpointing) give the adapter no gradient at all
@@ -182,6 +191,32 @@ def apply(model: Any, cfg: Config) -> Any:
     trainable, total = count_parameters(model)
     log.info("%s", describe(trainable, total))
     return model
+
+
+LORA_PLUS_RATIO = "_vicuna_sft_lora_plus_ratio"
+
+
+def loraplus_optimizer(trainer: Any, model: Any) -> Any:
+    """LoRA+ (adapter.lr_ratio): the optimizer transformers would build from TrainingArguments.optim,
+    its parameters grouped by PEFT's `create_loraplus_optimizer` so that the B matrices learn at
+    lr x ratio. None for any other model: the Trainer then builds its own."""
+    ratio = getattr(model, LORA_PLUS_RATIO, None)
+    if ratio is None:
+        return None
+    from peft.optimizers import create_loraplus_optimizer
+
+    optimizer_cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
+    kwargs = dict(kwargs)
+    lr = kwargs.pop("lr")
+    return create_loraplus_optimizer(
+        model,
+        optimizer_cls,
+        lr=lr,
+        loraplus_lr_ratio=ratio,
+        # PEFT's default is 0 whatever the Trainer was given
+        loraplus_weight_decay=trainer.args.weight_decay,
+        **kwargs,
+    )
 
 
 def keep_4bit_layout(model: Any) -> None:

@@ -17,6 +17,7 @@ from .checkpoint import (
     write_fingerprint,
 )
 from .divergence import StopOnDivergence
+from .optimizers import OptimizerStateLog
 from .plots import LossPlot, plotting_available
 from .preemption import StopOnSignal
 from .throughput import Throughput
@@ -104,8 +105,9 @@ def build_callbacks(
     """The user's `trainer.callbacks` (Hydra `_target_` nodes, instantiated here), then the
     built-in ones. Within each event the Trainer calls them in this order, so a user callback's
     `on_save` sees a checkpoint before it is marked complete, and `on_train_begin` runs before the
-    resumed-at-max_steps check. Throughput (tokens/s, MFU: training/throughput.py) and LossPlot
-    (plots/loss.png: training/plots.py) only observe. StopOnDivergence comes last: it makes a step
+    resumed-at-max_steps check. Throughput (tokens/s, MFU: training/throughput.py), OptimizerStateLog
+    (state bytes per trained parameter: training/optimizers.py) and LossPlot (plots/loss.png:
+    training/plots.py) only observe. StopOnDivergence comes last: it makes a step
     that any earlier callback decided to save (StopOnSignal included) log first, to be checked."""
     from hydra.utils import instantiate
 
@@ -129,6 +131,7 @@ def build_callbacks(
         CheckpointCompleteCallback(fingerprint, save_total_limit),
         StopWhenFinished(),
         Throughput(),
+        OptimizerStateLog(cfg.optimizer.name),
         *([LossPlot()] if plotting_available() else []),
         LogLastStep(),
         LogToFile(),

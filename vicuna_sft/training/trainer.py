@@ -14,7 +14,8 @@ from transformers.integrations.integration_utils import default_logdir
 
 from ..compat import accelerate as accelerate_compat
 from ..compat.transformers import CheckpointWriteHook
-from . import checkpoint
+from ..model.adapters import loraplus_optimizer
+from . import checkpoint, optimizers
 from .throughput import EtaProgress, Throughput
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,13 @@ class Trainer(CheckpointWriteHook, _HFTrainer):
     def on_checkpoint_write_failure(self, path: str, error: BaseException) -> BaseException:
         return checkpoint.write_failure(self.args.output_dir, path, error)  # the partial one set aside
 
+    def create_optimizer(self, model: Any = None) -> Any:
+        # the one optimizer hook: a LoRA+ model instance (adapter.lr_ratio) brings its parameter
+        # groups; anything else gets transformers' optimizer from TrainingArguments.optim
+        if self.optimizer is None:
+            self.optimizer = loraplus_optimizer(self, self.model if model is None else model)
+        return super().create_optimizer(model)
+
     def create_accelerator_and_postprocess(self) -> None:
         parallelism = accelerate_compat.defer_parallelism(self)
         super().create_accelerator_and_postprocess()
@@ -59,6 +67,7 @@ def release(trainer: Any) -> None:
     """Forget process-wide accelerate state so the next job of a sweep starts as it would alone."""
     trainer.accelerator.free_memory()
     accelerate_compat.reset_state()
+    optimizers.reset_process_state()
 
 
 def train(trainer: Any, resume: str | None) -> None:
