@@ -123,3 +123,24 @@ def test_chatml_on_a_base_model_adds_its_tokens(tmp_path, run_module):
     assert tok.convert_tokens_to_ids("<|im_start|>") in ids
     gen = json.loads((run / "final" / "generation_config.json").read_text())
     assert im_end in (gen["eos_token_id"] if isinstance(gen["eos_token_id"], list) else [gen["eos_token_id"]])
+
+
+def test_preprocess_stats_and_check_use_the_models_template(tmp_path, run_module):
+    """The commands around training go through the same encoder: with Llama-3's own template the
+    preview highlights each reply plus <|eot_id|>, data stats reads the messages, check trains."""
+    model_dir = cf.tiny_model_dir(tmp_path, "llama3", tie_word_embeddings=True)
+    data = write_messages(tmp_path / "qa.jsonl", n=8)
+    common = [f"model.name_or_path={model_dir}", "model.builtin=null", f"data.path={data}", "data.template=tokenizer"]
+    pre = run_module(
+        "vicuna_sft.preprocess", *common, "preprocess.show=1", f"hydra.run.dir={tmp_path / 'pre'}", cwd=tmp_path
+    )
+    assert pre.returncode == 0, pre.stderr[-2000:]
+    rows = [json.loads(x) for x in next((tmp_path / "pre").rglob("encoded_train.jsonl")).read_text().splitlines()]
+    tok = cf.family("llama3").load()
+    trained = [tok.decode([i for i, t in zip(r["input_ids"], r["labels"]) if t != -100]) for r in rows]
+    assert trained and all(t == "say a cat<|eot_id|>" for t in trained)
+    stats = run_module("vicuna_sft.data", "stats", *common, cwd=tmp_path)
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    assert "8 records" in stats.stdout
+    check = run_module("vicuna_sft.check", *common, f"hydra.run.dir={tmp_path / 'check'}", cwd=tmp_path)
+    assert check.returncode == 0, (check.stdout[-1500:], check.stderr[-1500:])
