@@ -8,7 +8,7 @@ FastChat's method (fastchat/train/train.py `preprocess`, vicuna_v1.1 template): 
 conversation to text, tokenize the whole batch padded to model_max_length (pad = unk), then for
 every turn re-tokenize the turn and its instruction part to count lengths, subtract the hard-coded
 offsets (-2; -1 per later turn for non-legacy tokenizers), and zero the whole sample on a
-mismatch. Ours tokenizes each segment once with offsets (vicuna_sft/data/encode.py).
+mismatch. Ours renders the template and tokenizes it once with offsets (vicuna_sft/data/encode.py).
 
 Prints samples/s and tokens/s (real tokens, not padding) and the ratio. Also counts the samples
 FastChat's method silently zeroes on this tokenizer. Usage: python benchmarks/bench_encode.py
@@ -42,10 +42,15 @@ def load_tokenizer():
 
 def fastchat_preprocess(convs, tokenizer) -> tuple[list[list[int]], list[list[int]], int]:
     """FastChat's algorithm, line for line in behaviour (not in code)."""
-    from vicuna_sft.data.conversation import render
+    from vicuna_sft.data.templates import VICUNA_SYSTEM
 
     sep, sep2 = " ", "</s>"
-    texts = [render(c) for c in convs]  # "{system} USER: ... ASSISTANT: ...</s>USER: ..."
+
+    def render(c) -> str:  # "{system} USER: ... ASSISTANT: ...</s>USER: ...", FastChat's get_prompt()
+        system = c.system if c.system is not None else VICUNA_SYSTEM
+        return system + sep + "".join(f"USER: {u}{sep}ASSISTANT: {a}{sep2}" for u, a in c.pairs)
+
+    texts = [render(c) for c in convs]
     input_ids = tokenizer(
         texts, return_tensors="pt", padding="max_length", max_length=MAX_LENGTH, truncation=True
     ).input_ids
@@ -90,6 +95,7 @@ def main() -> None:
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
     from vicuna_sft.data.encode import Encoder
     from vicuna_sft.data.records import load_conversations
+    from vicuna_sft.data.templates import resolve
     from vicuna_sft.model.builtin import sample_conversations_path
 
     tokenizer = load_tokenizer()
@@ -99,7 +105,7 @@ def main() -> None:
     chunks = [convs[i : i + CHUNK] for i in range(0, len(convs), CHUNK)]
     print(f"{len(convs)} conversations (bundled sample x{len(convs) / len(base):.1f}), Mistral-7B tokenizer")
 
-    encoder = Encoder(tokenizer, MAX_LENGTH)
+    encoder = Encoder(tokenizer, resolve("vicuna_v1.1", tokenizer), MAX_LENGTH)
     encoder.encode_batch(chunks[0][:8])  # warm-up
     t0 = time.perf_counter()
     ours = [e for chunk in chunks for e in encoder.encode_batch(chunk)]

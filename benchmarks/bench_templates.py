@@ -46,7 +46,7 @@ def main() -> None:
     from vicuna_sft.data.encode import IGNORE_INDEX, Encoder
     from vicuna_sft.data.records import load_conversations
     from vicuna_sft.data.templates import add_missing_tokens, resolve
-    from vicuna_sft.model.tiny import build_tiny, sample_conversations_path
+    from vicuna_sft.model.builtin import build_tiny, sample_conversations_path
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as d:

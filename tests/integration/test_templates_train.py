@@ -130,12 +130,23 @@ def test_preprocess_stats_and_check_use_the_models_template(tmp_path, run_module
     preview highlights each reply plus <|eot_id|>, data stats reads the messages, check trains."""
     model_dir = cf.tiny_model_dir(tmp_path, "llama3", tie_word_embeddings=True)
     data = write_messages(tmp_path / "qa.jsonl", n=8)
-    common = [f"model.name_or_path={model_dir}", "model.builtin=null", f"data.path={data}", "data.template=tokenizer"]
+    common = [
+        f"model.name_or_path={model_dir}",
+        "model.builtin=null",
+        f"data.path={data}",
+        "data.template=tokenizer",
+    ]
     pre = run_module(
-        "vicuna_sft.preprocess", *common, "preprocess.show=1", f"hydra.run.dir={tmp_path / 'pre'}", cwd=tmp_path
+        "vicuna_sft.preprocess",
+        *common,
+        "preprocess.show=1",
+        f"hydra.run.dir={tmp_path / 'pre'}",
+        cwd=tmp_path,
     )
     assert pre.returncode == 0, pre.stderr[-2000:]
-    rows = [json.loads(x) for x in next((tmp_path / "pre").rglob("encoded_train.jsonl")).read_text().splitlines()]
+    rows = [
+        json.loads(x) for x in next((tmp_path / "pre").rglob("encoded_train.jsonl")).read_text().splitlines()
+    ]
     tok = cf.family("llama3").load()
     trained = [tok.decode([i for i, t in zip(r["input_ids"], r["labels"]) if t != -100]) for r in rows]
     assert trained and all(t == "say a cat<|eot_id|>" for t in trained)
