@@ -41,6 +41,7 @@ from .templates import ChatTemplate, TemplateError
 IGNORE_INDEX = -100  # labels ignored by the loss
 _START, _END = "\U000f0000", "\U000f0001"  # markers around typed control-token text (as transformers')
 PROBE = (Message("user", "Hello! How are you?"), Message("assistant", "Fine, thanks.", train=True))
+ANCHORED = "anchored"  # a layout from one rendering (`Encoder._anchored`)
 
 
 class ConversationError(ValueError):
@@ -105,6 +106,12 @@ class Encoder:
         self.eot_id = tokenizer.convert_tokens_to_ids(self.eot)
         self._check(tokenizer)
         self._header = self._stable_header()
+        self._header_ids = None
+        if self._header is not None:
+            ids = self._plain.encode(self._header, add_special_tokens=False).ids
+            first = tokenizer.convert_ids_to_tokens(ids[0]) if ids else None
+            if first in self._specials and self._header.startswith(first):
+                self._header_ids = ids
 
     @classmethod
     def for_data(
@@ -127,7 +134,7 @@ class Encoder:
     # ------------------------------------------------------------------ rendering
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_compiled"}  # Jinja code: rebuilt
+        return {k: v for k, v in self.__dict__.items() if k not in ("_compiled", "_parent")}  # rebuilt
 
     def _render(self, messages: list[dict[str, Any]], tools: Any, generation: bool) -> str:
         compiled = self.__dict__.get("_compiled")
@@ -135,14 +142,15 @@ class Encoder:
             from ..compat.transformers import compiled_chat_template
 
             compiled = self._compiled = compiled_chat_template(self.template.source)
+            # the globals the template sees, merged once: a render then only adds its own variables
+            # (what Template.render does, without rebuilding the globals' chain on every call)
+            self._parent = {**compiled.globals, **self._kwargs, "documents": None}
         try:
-            return compiled.render(
-                messages=messages,
-                tools=tools,
-                documents=None,
-                add_generation_prompt=generation,
-                **self._kwargs,
+            context = compiled.new_context(
+                {**self._parent, "messages": messages, "tools": tools, "add_generation_prompt": generation},
+                shared=True,
             )
+            return "".join(compiled.root_render_func(context))
         except Exception as e:  # the template's raise_exception, or a field it cannot handle
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ConversationError("template_error", f"the template failed: {first}") from None
@@ -253,7 +261,7 @@ class Encoder:
         if self._header is not None:
             spans = self._anchored(conv, whole)
             if spans is not None:
-                return [_Layout(whole, spans)], ""
+                return [_Layout(whole, spans)], ANCHORED
         turns = [self._turn(msgs, tools, k) for k, m in enumerate(conv.messages) if m.train]
         unstable = [(f, s, e) for f, s, e in turns if not whole.startswith(f[:e])]
         if not unstable:
@@ -399,14 +407,46 @@ class Encoder:
                 laid.append(self._layouts(conv))
             except ConversationError as e:
                 laid.append(e)
-        texts = [x.text for item in laid if not isinstance(item, ConversationError) for x in item[0]]
+        # anchored layouts without typed control text: ids without offsets, labelled by the
+        # header and end-of-turn ids (`_labels_from_ids`); anything else (or what that cannot
+        # label) by character offsets
+        by_ids = [
+            i
+            for i, item in enumerate(laid)
+            if not isinstance(item, ConversationError)
+            and item[1] == ANCHORED
+            and self._header_ids is not None
+            and _START not in item[0][0].text
+            and _END not in item[0][0].text
+        ]
+        labelled: dict[int, tuple[list[int], list[int]]] = {}
+        if by_ids:
+            fast = self._plain.encode_batch_fast(
+                [laid[i][0][0].text for i in by_ids], add_special_tokens=False
+            )
+            for i, enc in zip(by_ids, fast):
+                ids = enc.ids
+                labels = self._labels_from_ids(ids, convs[i])
+                if labels is not None:
+                    labelled[i] = (ids, labels)
+        texts = [
+            x.text
+            for i, item in enumerate(laid)
+            if not isinstance(item, ConversationError) and i not in labelled
+            for x in item[0]
+        ]
         tokens = iter(self._tokenize(texts))
         out: list[list[Encoded] | ConversationError] = []
-        for conv, item in zip(convs, laid):
+        for i, (conv, item) in enumerate(zip(convs, laid)):
             if isinstance(item, ConversationError):
                 out.append(item)
                 continue
             layouts, how = item
+            how = "" if how == ANCHORED else how
+            if i in labelled:
+                ids, labels = labelled[i]
+                out.append([Encoded(conv.id, ids, labels, turns=(0, len(conv.turns)))])
+                continue
             samples, error = [], None
             for k, lay in enumerate(layouts):
                 ids, offsets = next(tokens)
@@ -419,6 +459,36 @@ class Encoder:
                 samples.append(Encoded(sid, ids, labels, turns=(0, len(conv.turns)), layout=how))
             out.append(error or samples)
         return out
+
+    def _labels_from_ids(self, ids: list[int], conv: Conversation) -> list[int] | None:
+        """Labels of an anchored conversation from its ids alone: the j-th run of the header's ids
+        (it starts with a special token, so no text forges it) opens the j-th assistant message,
+        the first end-of-turn id after it closes it. None when the runs do not match the messages
+        (content merged into the header's last token, say): the offsets decide then."""
+        head, n = self._header_ids, len(self._header_ids)
+        starts, i = [], -1
+        try:
+            while True:
+                i = ids.index(head[0], i + 1)
+                if ids[i : i + n] == head:
+                    starts.append(i + n)
+        except ValueError:
+            pass
+        trained = [m.train for m in conv.messages if m.role == "assistant"]
+        if len(starts) != len(trained):
+            return None
+        labels = [IGNORE_INDEX] * len(ids)
+        for j, (start, train) in enumerate(zip(starts, trained)):
+            if not train:
+                continue
+            try:
+                end = ids.index(self.eot_id, start) + 1
+            except ValueError:
+                return None
+            if j + 1 < len(starts) and end > starts[j + 1] - n:
+                return None
+            labels[start:end] = ids[start:end]
+        return labels
 
     def _cut(self, e: Encoded) -> Encoded:
         n = self.max_length
