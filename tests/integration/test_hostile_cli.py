@@ -36,9 +36,16 @@ def files(tmp_path_factory, sample_path) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def clean_failure(r) -> str:
+    """The refusal: one line, or (several bad records, issue 21) a line counting them, one line per
+    record (the first five) and the hint; returned as the first record's line, prefixed as one."""
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    (line,) = r.stderr.strip().splitlines()
-    return line
+    lines = r.stderr.strip().splitlines()
+    if len(lines) == 1:
+        return lines[0]
+    head, *records, hint = lines
+    assert head.startswith("vicuna_sft: error: ") and " bad records (" in head, head
+    assert hint.startswith("fix them, or set data.on_error=skip") and 1 <= len(records) <= 5, lines
+    return head.split(": ")[0] + ": error: " + head.split(": ")[2] + ": " + records[0].strip()
 
 
 def test_training_counts_hostile_records_or_names_the_first(tmp_path, run_module, files):

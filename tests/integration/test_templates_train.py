@@ -13,12 +13,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPLIES = {
-    "ask colour": "say blue",
-    "ask animal": "say cat",
-    "ask number": "say seven",
-    "ask fruit": "say pear",
-}
+# one short reply to learn in 40 steps of a 2-layer model: what is tested is that generation stops
+REPLIES = {"ask colour": "cat", "ask animal": "cat", "ask number": "cat", "ask fruit": "cat"}
 
 
 def write_messages(path: pathlib.Path, n: int = 32) -> pathlib.Path:
@@ -92,7 +88,7 @@ def test_llama3_own_template_trains_and_chat_stops_at_end_of_turn(tmp_path, run_
         timeout=300,
     )
     assert chat.returncode == 0, chat.stderr[-2000:]
-    assert chat.stdout.strip() == "say a cat"  # and it stopped there: 40 new tokens would say more
+    assert chat.stdout.strip() == "cat"  # and it stopped there: 40 new tokens would say more
 
 
 def test_chatml_on_a_base_model_adds_its_tokens(tmp_path, run_module):
@@ -119,7 +115,7 @@ def test_chatml_on_a_base_model_adds_its_tokens(tmp_path, run_module):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert im_end == len(tok) - 1 and AutoConfig.from_pretrained(run / "final").vocab_size == len(tok)
     ids = tok.apply_chat_template([{"role": "user", "content": "ask colour"}], add_generation_prompt=True)
-    ids = ids["input_ids"] if isinstance(ids, dict) else ids
+    ids = ids if isinstance(ids, list) else list(ids["input_ids"])
     assert tok.convert_tokens_to_ids("<|im_start|>") in ids
     gen = json.loads((run / "final" / "generation_config.json").read_text())
     assert im_end in (gen["eos_token_id"] if isinstance(gen["eos_token_id"], list) else [gen["eos_token_id"]])
@@ -149,7 +145,7 @@ def test_preprocess_stats_and_check_use_the_models_template(tmp_path, run_module
     ]
     tok = cf.family("llama3").load()
     trained = [tok.decode([i for i, t in zip(r["input_ids"], r["labels"]) if t != -100]) for r in rows]
-    assert trained and all(t == "say a cat<|eot_id|>" for t in trained)
+    assert trained and all(t == "cat<|eot_id|>" for t in trained)
     stats = run_module("vicuna_sft.data", "stats", *common, cwd=tmp_path)
     assert stats.returncode == 0, stats.stderr[-2000:]
     assert "8 records" in stats.stdout

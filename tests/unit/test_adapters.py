@@ -148,9 +148,13 @@ def test_qlora_shards_with_full_shard_and_shard_grad_op_in_a_float_storage(make,
     import torch
 
     validate(make("adapter=qlora", f"fsdp={strategy}"))
-    q = adapters.load_kwargs(make("adapter=qlora", f"fsdp={strategy}", "trainer.use_cpu=true"))
+    q = adapters.load_kwargs(
+        c := make("adapter=qlora", f"fsdp={strategy}", "trainer.use_cpu=true"), make_plan(c)
+    )
     assert q["quantization_config"].bnb_4bit_quant_storage == torch.float32
-    bf16 = adapters.load_kwargs(make("adapter=qlora", "trainer.use_cpu=true", "trainer.precision=bf16"))
+    bf16 = adapters.load_kwargs(
+        c := make("adapter=qlora", "trainer.use_cpu=true", "trainer.precision=bf16"), make_plan(c)
+    )
     assert bf16["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
 
 

@@ -13,6 +13,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from vicuna_sft import config as C
 from vicuna_sft.config import register_configs, to_config
+from vicuna_sft.plan import make_plan
 from vicuna_sft.training import optimizers
 from vicuna_sft.training.optimizers import REQUIREMENTS, OptimizerUnavailable
 
@@ -60,12 +61,12 @@ def test_an_unknown_optimizer_fails_at_composition_listing_the_valid_ones(make):
 def test_a_paged_optimizer_is_refused_on_cpu_naming_what_it_needs(make):
     cfg = to_config(make("optimizer=paged_adamw_8bit"))
     with pytest.raises(OptimizerUnavailable) as e:
-        optimizers.check(cfg, cuda_available=False)
+        optimizers.check(cfg, make_plan(cfg, cuda=False))
     (line,) = str(e.value).splitlines()
     assert line.startswith("optimizer.name=paged_adamw_8bit pages its state between GPU and CPU memory")
     assert "needs a CUDA device" in line and "run here: adafactor, adamw_8bit, adamw_torch," in line
-    optimizers.check(cfg, cuda_available=True)  # allowed on a GPU machine
-    optimizers.check(to_config(make("optimizer=adamw_8bit")), cuda_available=False)  # runs on CPU
+    optimizers.check(cfg, make_plan(cfg, cuda=True))  # allowed on a GPU machine
+    optimizers.check(c := to_config(make("optimizer=adamw_8bit")), make_plan(c, cuda=False))  # runs on CPU
 
 
 def test_a_missing_package_is_named(make, monkeypatch):
@@ -78,7 +79,7 @@ def test_a_missing_package_is_named(make, monkeypatch):
     with pytest.raises(
         OptimizerUnavailable, match=r"^optimizer.name=adamw_8bit needs the bitsandbytes package: pip install"
     ):
-        optimizers.check(to_config(make("optimizer=adamw_8bit")), cuda_available=False)
+        optimizers.check(c := to_config(make("optimizer=adamw_8bit")), make_plan(c, cuda=False))
 
 
 def test_state_bytes_counts_each_state_tensor_once():

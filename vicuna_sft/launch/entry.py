@@ -109,7 +109,7 @@ def preflight(cfg: Config, plan: RunPlan) -> None:
     check_attention(cfg)
     check_loss(cfg)
     check_adapter(cfg, plan)
-    optimizers.check(cfg)
+    optimizers.check(cfg, plan)
     check_fsdp(cfg, plan)
     check_writable_dir(cfg.trainer.output_dir)
 

@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 
 from ..config import Config, Optim
 from ..errors import UserError
+from ..plan import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,14 @@ REQUIREMENTS: dict[Optim, Requirement] = {
 }
 
 
-def check(cfg: Config, cuda_available: bool | None = None) -> None:
-    """The optimizer's refusals that depend on this machine, each one line naming what it needs."""
+def check(cfg: Config, plan: RunPlan) -> None:
+    """The optimizer's refusals that depend on this machine (the run plan's device), each one line
+    naming what it needs."""
     import importlib.util
 
     name = Optim(cfg.optimizer.name)
     need = REQUIREMENTS[name]
-    if need.cuda and cfg.trainer.runs_on_cpu(cuda_available):
+    if need.cuda and plan.on_cpu:
         runs_here = sorted(o.value for o, r in REQUIREMENTS.items() if not r.cuda)
         raise OptimizerUnavailable(
             f"optimizer.name={name.value} {need.cuda} and needs a CUDA device; this run is on CPU "
