@@ -138,7 +138,7 @@ def conversations(draw, reasoning: bool):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_generated_conversations(name, data):
     check(name, data.draw(conversations(reasoning=cf.SPECS[name].reasoning)))
