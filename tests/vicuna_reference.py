@@ -8,15 +8,10 @@ from vicuna_sft.data.conversation import Conversation
 from vicuna_sft.data.templates import VICUNA_SYSTEM
 
 
-def pairs(conv: Conversation) -> list[tuple[str, str]]:
-    body = [m for m in conv.messages if m.role != "system"]
-    return [(u.content, a.content) for u, a in zip(body[0::2], body[1::2])]
-
-
 def render(conv: Conversation, eos: str = "</s>") -> str:
     """The whole training prompt as text (without BOS), exactly as FastChat writes it."""
     system = conv.system if conv.system is not None else VICUNA_SYSTEM
-    return system + " " + "".join(f"USER: {u} ASSISTANT: {a}{eos}" for u, a in pairs(conv))
+    return system + " " + "".join(f"USER: {u} ASSISTANT: {a}{eos}" for u, a in conv.pairs)
 
 
 def vicuna_encoder(tokenizer, max_length: int, long=None, **kwargs):

@@ -291,7 +291,7 @@ class Encoder:
             if j == 0:
                 text, spans = f[:e], [(s, e)]
                 continue
-            seen = _count(text, self.eot)
+            seen = len(_find_all(text, self.eot))
             prompt = f[:s]
             cut = 0
             for _ in range(seen):
@@ -673,13 +673,6 @@ def _find_all(text: str, token: str) -> list[int]:
             out.append(i)
         i = text.find(token, i + 1)
     return out
-
-
-def _count(text: str, token: str) -> int:
-    """Occurrences of a template-written token (not typed, i.e. not after a start marker)."""
-    return sum(
-        1 for m in re.finditer(re.escape(token), text) if m.start() == 0 or text[m.start() - 1] != _START
-    )
 
 
 def _trained(labels: list[int]) -> int:
